@@ -1,0 +1,80 @@
+"""pluq: a task framework for Python with pluggable brokers.
+
+import pluq
+
+app = pluq.App("sqlite:///pluq.db")
+
+@app.task
+def add(x, y):
+    return x + y
+
+add.delay(2, 3).get(timeout=10)   # 5, once a worker runs: pluq worker -A module:app
+"""
+
+from __future__ import annotations
+
+from pluq.app import App, DeadTask, Stats
+from pluq.backend import Attempt, ResultBackend, TaskRecord
+from pluq.broker import Broker, Capabilities, DeadLetter, Delivery, QueueCounts, WorkerInfo
+from pluq.canvas import Signature
+from pluq.errors import (
+    ConfigurationError,
+    LeaseLost,
+    MaxRetriesExceededError,
+    MessageError,
+    NotRegistered,
+    PluqError,
+    Retry,
+    SerializationError,
+    SignatureError,
+    TaskError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    TimeoutError,
+    TransportError,
+    WorkerLostError,
+)
+from pluq.registry import register_transport
+from pluq.result import AsyncResult
+from pluq.task import Request, Task, current_request
+from pluq.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AsyncResult",
+    "Attempt",
+    "Broker",
+    "Capabilities",
+    "ConfigurationError",
+    "DeadLetter",
+    "DeadTask",
+    "Delivery",
+    "LeaseLost",
+    "MaxRetriesExceededError",
+    "MessageError",
+    "NotRegistered",
+    "PluqError",
+    "QueueCounts",
+    "Request",
+    "ResultBackend",
+    "Retry",
+    "SerializationError",
+    "Signature",
+    "SignatureError",
+    "Stats",
+    "Task",
+    "TaskError",
+    "TaskRecord",
+    "TaskRevokedError",
+    "TimeLimitExceeded",
+    "TimeoutError",
+    "TransportError",
+    "Worker",
+    "WorkerInfo",
+    "WorkerLostError",
+    "__version__",
+    "current_request",
+    "register_transport",
+]

@@ -1,0 +1,211 @@
+"""The ResultBackend interface: one readable record per task id.
+
+This file is the specification. Every transport implements `ResultBackend`, and the
+contract kit in `transports/` has a test named after each guarantee stated here.
+
+The record's JSON form (`TaskRecord.to_json`) is owned by the core, so every transport
+stores the same readable document: a SQLite row, a Redis string, a `.json` file. A task's
+return value sits in that document as plain JSON where it can, and as a base64 string of
+the app serializer's bytes where it cannot; the backend never decodes it.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Self
+
+from pluq.broker import Capabilities, Clock
+
+__all__ = [
+    "FAILURE",
+    "PENDING",
+    "READY_STATES",
+    "RETRY",
+    "REVOKED",
+    "STARTED",
+    "STATES",
+    "SUCCESS",
+    "Attempt",
+    "ResultBackend",
+    "TaskRecord",
+]
+
+PENDING: Final = "PENDING"
+STARTED: Final = "STARTED"
+RETRY: Final = "RETRY"
+SUCCESS: Final = "SUCCESS"
+FAILURE: Final = "FAILURE"
+REVOKED: Final = "REVOKED"
+STATES: Final = (PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED)
+READY_STATES: Final = frozenset({SUCCESS, FAILURE, REVOKED})
+"""States after which a task never changes again."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One execution of a task (or one delivery that was lost), as the history keeps it."""
+
+    number: int
+    """The broker's delivery number of this attempt (`Delivery.attempt`)."""
+    state: str
+    """How the attempt ended: SUCCESS, RETRY, FAILURE, REVOKED, or LOST (its worker died
+    without reporting: killed, or its lease expired)."""
+    exc_type: str | None = None
+    exc_message: str | None = None
+    traceback: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
+        return cls(**{k: data[k] for k in _ATTEMPT_FIELDS if k in data})
+
+
+_ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRecord:
+    """Everything known about one task: state, outcome, retries and attempt history."""
+
+    id: str
+    state: str = PENDING
+    task: str | None = None
+    queue: str | None = None
+    result: Any = None
+    """The return value (SUCCESS) or the exception (FAILURE), encoded as `result_encoding`
+    says: "json" means `result` is the value itself; any other name means `result` is a
+    base64 string of that serializer's bytes. None when there is no result."""
+    result_encoding: str | None = None
+    result_repr: str | None = None
+    """A short `repr` of the value, for people and tools that cannot decode it."""
+    exc_type: str | None = None
+    exc_message: str | None = None
+    traceback: str | None = None
+    retries: int = 0
+    history: tuple[Attempt, ...] = ()
+    worker: str | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Extra fields for workflows and the scheduler (JSON values)."""
+    signature: str | None = None
+    """HMAC of `signing_payload()`, when the app has a secret."""
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["history"] = [asdict(a) for a in self.history]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskRecord:
+        values = {k: data[k] for k in _RECORD_FIELDS if k in data}
+        values["history"] = tuple(Attempt.from_dict(a) for a in data.get("history") or ())
+        values["meta"] = dict(data.get("meta") or {})
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskRecord:
+        return cls.from_dict(json.loads(text))
+
+    def signing_payload(self) -> bytes:
+        """The canonical bytes a signature covers: the whole record but the signature."""
+        data = self.to_dict()
+        data.pop("signature", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    def evolve(self, **changes: Any) -> TaskRecord:
+        return replace(self, **changes)
+
+
+_RECORD_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+
+
+class ResultBackend(abc.ABC):
+    """One record per task id, readable without pluq, expiring after a set time.
+
+    Guarantees, each a test of the same name in the contract kit:
+
+    - put_then_get_roundtrips: `get` returns the record last `put`, field for field.
+    - expiry_is_enforced: a record is gone (`get` returns None) once its `expires`
+      seconds have passed on the backend's clock.
+    - wait_returns_when_ready: `wait` returns the record as soon as a ready state
+      (SUCCESS, FAILURE, REVOKED) is put, also when it is put from another process, and
+      returns None after `timeout` otherwise.
+    - incr_is_atomic: concurrent `incr` calls on one key from several processes never
+      lose a count.
+    """
+
+    capabilities: Capabilities = Capabilities()
+    clock: Clock = time.time
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The current record of `task_id`, or None if there is none (or it expired)."""
+
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
+        """Records for several ids, in order; transports override to batch."""
+        return [self.get(task_id) for task_id in task_ids]
+
+    @abc.abstractmethod
+    def put(self, record: TaskRecord, *, expires: float) -> None:
+        """Store `record` in place of any earlier one for its id; it expires `expires`
+        seconds from now. When its state is ready, wake every `wait` on that id."""
+
+    @abc.abstractmethod
+    def forget(self, task_id: str) -> bool:
+        """Delete the record; True if there was one."""
+
+    def wait(self, task_id: str, *, timeout: float | None) -> TaskRecord | None:
+        """Block until the record is in a ready state, or `timeout` seconds pass (None:
+        forever). Returns the ready record, or None on timeout.
+
+        The default polls `get` with a capped backoff (1 ms growing to 50 ms); transports
+        override it with a real notification where they have one.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            record = self.get(task_id)
+            if record is not None and record.ready:
+                return record
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pause = min(pause, remaining)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    @abc.abstractmethod
+    def incr(self, key: str, amount: int = 1, *, expires: float) -> int:
+        """Atomically add `amount` to the counter `key` (created at 0) and return the new
+        value. The counter expires `expires` seconds after its last change. Counters live
+        apart from task records."""
+
+    def purge_expired(self) -> int:
+        """Delete expired records now; return how many. A no-op where the store expires
+        keys by itself; other transports also purge as they go."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,232 @@
+"""The child side of the worker: load a task's arguments, run it, report the outcome.
+
+Children only execute. They never touch the broker or the backend: they get a job (a JSON
+line and the body bytes) over a pipe, and send back one JSON outcome. The supervisor reads
+that JSON and never unpickles anything.
+
+`child_main` is the process entry point: a top-level function of picklable arguments, so
+it works with the fork, forkserver and spawn start methods alike.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from pluq._outcome import encode_exception, encode_value, exception_name
+from pluq.errors import NotRegistered, Retry
+from pluq.serializers import get_serializer
+from pluq.task import Request, _request
+
+if TYPE_CHECKING:
+    from pluq.app import App
+    from pluq.task import Task
+
+__all__ = ["ChildSpec", "Resolver", "child_main", "join_job", "run_job", "split_job"]
+
+_FN_CACHE_SIZE = 64
+
+
+@dataclass(slots=True)
+class ChildSpec:
+    """What a child needs to find tasks: the app (fork, threads) or how to import it."""
+
+    app: App | None = None
+    app_ref: str | None = None
+    """"module:attribute" of the app, for children that do not inherit memory (spawn)."""
+    task_modules: dict[str, str] = field(default_factory=dict)
+    """Task name -> the module that registers it, imported on first use."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The app object stays behind when a spawned child is started: it re-imports it.
+        return {"app": None, "app_ref": self.app_ref, "task_modules": self.task_modules}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.app = state["app"]
+        self.app_ref = state["app_ref"]
+        self.task_modules = state["task_modules"]
+
+
+class Resolver:
+    """Finds the Task a job names: by value from the body, else in the app's registry."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self._by_value: OrderedDict[bytes, Task[Any, Any]] = OrderedDict()
+
+    def _app(self) -> App | None:
+        if self.spec.app is None and self.spec.app_ref:
+            module_name, _, attr = self.spec.app_ref.partition(":")
+            self.spec.app = getattr(importlib.import_module(module_name), attr)
+        return self.spec.app
+
+    def __call__(self, name: str, fn: bytes | None) -> Task[Any, Any]:
+        if fn is not None:
+            task = self._by_value.get(fn)
+            if task is None:
+                import pickle
+
+                task = pickle.loads(fn)
+                self._by_value[fn] = task
+                if len(self._by_value) > _FN_CACHE_SIZE:
+                    self._by_value.popitem(last=False)
+            return task
+        app = self._app()
+        if app is not None and name in app.tasks:
+            return app.tasks[name]
+        module = self.spec.task_modules.get(name)
+        if module is not None:
+            importlib.import_module(module)
+            if app is not None and name in app.tasks:
+                return app.tasks[name]
+        raise NotRegistered(
+            f"no task named {name!r} is registered in the worker; start the worker with "
+            f"the app that defines it (pluq worker -A module:app)"
+        )
+
+
+def split_job(data: bytes) -> tuple[dict[str, Any], bytes]:
+    end = data.index(b"\n")
+    job: dict[str, Any] = json.loads(data[:end])
+    return job, data[end + 1 :]
+
+
+def join_job(job: dict[str, Any], body: bytes) -> bytes:
+    return json.dumps(job, separators=(",", ":")).encode() + b"\n" + body
+
+
+def _failure(exc: BaseException, started: float, serializer_name: str) -> dict[str, Any]:
+    try:
+        serializer = get_serializer(serializer_name)
+        result, encoding = encode_exception(exc, serializer)
+    except Exception:
+        result, encoding = None, None
+    return {
+        "status": "failure",
+        "exc_type": exception_name(exc),
+        "exc_message": _message(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "result": result,
+        "result_encoding": encoding,
+        "started_at": started,
+        "finished_at": time.time(),
+    }
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} with an unprintable message>"
+
+
+def run_job(
+    job: dict[str, Any], body: bytes, resolve: Callable[[str, bytes | None], Task[Any, Any]]
+) -> dict[str, Any]:
+    """Run one job and describe its outcome as a JSON-ready dict.
+
+    status is "success" (with the encoded result), "retry" (with `not_before` and the
+    exception that caused it) or "failure" (with the exception, final).
+    """
+    started = time.time()
+    serializer_name = job["serializer"]
+    try:
+        serializer = get_serializer(serializer_name)
+        payload = serializer.loads(body)
+        task = resolve(job["task"], payload.get("fn"))
+        args = tuple(payload["args"])
+        kwargs = dict(payload["kwargs"])
+    except NotRegistered as exc:
+        return _failure(exc, started, serializer_name)
+    except Exception as exc:
+        outcome = _failure(exc, started, serializer_name)
+        outcome["exc_message"] = f"cannot load the task's arguments: {outcome['exc_message']}"
+        return outcome
+
+    retries = int(job.get("retries", 0))
+    request = Request(
+        id=job["id"],
+        task=job["task"],
+        queue=job.get("queue"),
+        retries=retries,
+        max_retries=job.get("max_retries"),
+        attempt=int(job.get("attempt", 1)),
+        eta=job.get("eta"),
+        expires=job.get("expires"),
+        args=args,
+        kwargs=kwargs,
+        hostname=job.get("hostname"),
+        called_directly=False,
+    )
+    token = _request.set(request)
+    try:
+        value = task.run(*args, **kwargs)
+    except Retry as signal_:
+        cause: BaseException = signal_.exc if signal_.exc is not None else signal_
+        if signal_.eta is not None:
+            not_before = signal_.eta
+        else:
+            not_before = time.time() + task.policy.delay(retries, countdown=signal_.countdown)
+        outcome = _failure(cause, started, serializer_name)
+        outcome.update(status="retry", not_before=not_before, max_retries=signal_.max_retries)
+        return outcome
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the task failed
+        if isinstance(exc, task.autoretry_for) and task.policy.may_retry(
+            retries, job.get("max_retries")
+        ):
+            outcome = _failure(exc, started, serializer_name)
+            outcome.update(status="retry", not_before=time.time() + task.policy.delay(retries))
+            return outcome
+        return _failure(exc, started, serializer_name)
+    finally:
+        _request.reset(token)
+    try:
+        result, encoding, result_repr = encode_value(value, serializer)
+    except Exception as exc:
+        outcome = _failure(exc, started, serializer_name)
+        outcome["exc_message"] = (
+            f"the task's return value cannot be stored: {outcome['exc_message']}"
+        )
+        return outcome
+    return {
+        "status": "success",
+        "result": result,
+        "result_encoding": encoding,
+        "result_repr": result_repr,
+        "started_at": started,
+        "finished_at": time.time(),
+    }
+
+
+def serve(conn: Connection, resolve: Callable[[str, bytes | None], Task[Any, Any]]) -> None:
+    """Run jobs from `conn` until it closes; one JSON outcome back per job."""
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        job, body = split_job(data)
+        outcome = run_job(job, body, resolve)
+        outcome["token"] = job["token"]
+        try:
+            conn.send_bytes(json.dumps(outcome, separators=(",", ":")).encode())
+        except (BrokenPipeError, OSError):
+            return
+
+
+def child_main(conn: Connection, spec: ChildSpec) -> None:
+    """Entry point of a child process."""
+    # Ctrl-C reaches the whole process group; the supervisor decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ.setdefault("PLUQ_CHILD", "1")
+    serve(conn, Resolver(spec))

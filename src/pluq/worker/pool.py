@@ -1,0 +1,176 @@
+"""Execution slots: child processes, threads, or the supervisor's own thread ("solo").
+
+Every pool gives the supervisor the same thing: a list of slots, each able to take one job
+at a time over a pipe and to report back on it. The supervisor waits on all of them at
+once with `multiprocessing.connection.wait`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pluq.errors import ConfigurationError
+from pluq.worker.child import ChildSpec, Resolver, child_main, serve
+
+__all__ = ["POOLS", "Slot", "default_start_method", "make_pool"]
+
+POOLS = ("processes", "threads", "solo")
+
+
+def default_start_method() -> str:
+    """forkserver where the platform has it (Linux; Python 3.14's default there), else spawn.
+
+    Plain fork copies a multi-threaded process (the supervisor has a fetch thread, a test
+    or a notebook has its own), which can deadlock a child on a lock held at fork time.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "forkserver" in methods:
+        return "forkserver"
+    return "spawn"
+
+
+class Slot:
+    """One place a task can run. `conn` is the supervisor's end of the job pipe."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.conn: Connection | None = None
+        self.busy: Any = None  # the supervisor's record of the running task
+
+    @property
+    def sentinel(self) -> int | None:
+        """A waitable that becomes ready when the slot's process dies (processes only)."""
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def exitcode(self) -> int | None:
+        return None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Stop the slot now (a hard time limit, a cold shutdown)."""
+
+    def close(self, timeout: float) -> None:
+        """Stop the slot after its current job (closing the pipe ends its loop)."""
+
+
+class ProcessSlot(Slot):
+    def __init__(self, index: int, ctx: Any, spec: ChildSpec) -> None:
+        super().__init__(index)
+        self.ctx = ctx
+        self.spec = spec
+        self.process: Any = None
+
+    def start(self) -> None:
+        parent, child = multiprocessing.Pipe(duplex=True)
+        self.process = self.ctx.Process(
+            target=child_main, args=(child, self.spec), name=f"pluq-child-{self.index}"
+        )
+        self.process.daemon = True
+        self.process.start()
+        child.close()
+        self.conn = parent
+
+    @property
+    def sentinel(self) -> int | None:
+        return self.process.sentinel if self.process is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exitcode(self) -> int | None:
+        return self.process.exitcode if self.process is not None else None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            try:
+                os.kill(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process is not None:
+            self.process.join(5)
+        self._close_conn()
+
+    def close(self, timeout: float) -> None:
+        self._close_conn()
+        if self.process is not None:
+            self.process.join(timeout)
+            if self.process.is_alive():
+                self.kill()
+
+    def _close_conn(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class ThreadSlot(Slot):
+    def __init__(self, index: int, resolve: Callable[..., Any]) -> None:
+        super().__init__(index)
+        self.resolve = resolve
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        parent, child = multiprocessing.Pipe(duplex=True)
+        self.thread = threading.Thread(
+            target=serve, args=(child, self.resolve), name=f"pluq-thread-{self.index}", daemon=True
+        )
+        self.thread.start()
+        self.conn = parent
+        self._child_end = child
+
+    def close(self, timeout: float) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.thread is not None:
+            self.thread.join(timeout)
+        self._child_end.close()
+
+
+class SoloSlot(Slot):
+    """Runs the job in the supervisor's own thread: no pipe; the supervisor calls `run`."""
+
+    def __init__(self, index: int, resolve: Callable[..., Any]) -> None:
+        super().__init__(index)
+        self.resolve = resolve
+
+    def start(self) -> None:
+        pass
+
+
+def make_pool(
+    pool: str, concurrency: int, spec: ChildSpec, *, start_method: str | None
+) -> list[Slot]:
+    """Create (not start) the slots of a pool."""
+    if pool == "processes":
+        method = start_method or default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ConfigurationError(
+                f"start method {method!r} is not available here; use one of "
+                f"{', '.join(multiprocessing.get_all_start_methods())}"
+            )
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Children forked from the server start with pluq already imported.
+            ctx.set_forkserver_preload(["pluq.worker.child"])
+        return [ProcessSlot(i, ctx, spec) for i in range(concurrency)]
+    resolver = Resolver(spec)
+    if pool == "threads":
+        return [ThreadSlot(i, resolver) for i in range(concurrency)]
+    if pool == "solo":
+        return [SoloSlot(0, resolver)]
+    raise ConfigurationError(f"unknown pool {pool!r}; choose one of: {', '.join(POOLS)}")
