@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from pluq._outcome import encode_exception, encode_value, exception_name
-from pluq.errors import NotRegistered, Retry
+from pluq.errors import MessageError, NotRegistered, Retry, SerializationError
 from pluq.serializers import get_serializer
 from pluq.task import Request, _request
 
@@ -148,9 +148,10 @@ def run_job(
     except NotRegistered as exc:
         return _failure(exc, started, serializer_name)
     except Exception as exc:
-        outcome = _failure(exc, started, serializer_name)
-        outcome["exc_message"] = f"cannot load the task's arguments: {outcome['exc_message']}"
-        return outcome
+        problem = MessageError(
+            f"cannot load the task's arguments: {exception_name(exc)}: {_message(exc)}"
+        )
+        return _failure(problem, started, serializer_name)
 
     retries = int(job.get("retries", 0))
     request = Request(
@@ -192,11 +193,8 @@ def run_job(
     try:
         result, encoding, result_repr = encode_value(value, serializer)
     except Exception as exc:
-        outcome = _failure(exc, started, serializer_name)
-        outcome["exc_message"] = (
-            f"the task's return value cannot be stored: {outcome['exc_message']}"
-        )
-        return outcome
+        problem = SerializationError(f"the task's return value cannot be stored: {_message(exc)}")
+        return _failure(problem, started, serializer_name)
     return {
         "status": "success",
         "result": result,

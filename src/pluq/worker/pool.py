@@ -12,7 +12,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -34,6 +36,30 @@ def default_start_method() -> str:
     if sys.platform.startswith("linux") and "forkserver" in methods:
         return "forkserver"
     return "spawn"
+
+
+_main_lock = threading.Lock()
+
+
+@contextmanager
+def _main_hidden(method: str) -> Iterator[None]:
+    """Start a spawn or forkserver child without re-running the user's `__main__` in it.
+
+    multiprocessing re-imports the main script in such children, which runs a script's
+    unguarded top level (and its `app.Worker().run()`) again. pluq does not need it there:
+    tasks and classes defined in `__main__` travel by value.
+    """
+    if method == "fork":
+        yield
+        return
+    with _main_lock:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
 
 
 class Slot:
@@ -79,7 +105,8 @@ class ProcessSlot(Slot):
             target=child_main, args=(child, self.spec), name=f"pluq-child-{self.index}"
         )
         self.process.daemon = True
-        self.process.start()
+        with _main_hidden(self.ctx.get_start_method()):
+            self.process.start()
         child.close()
         self.conn = parent
 

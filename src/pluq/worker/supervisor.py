@@ -28,6 +28,7 @@ from multiprocessing.connection import wait as wait_any
 from typing import TYPE_CHECKING, Any
 
 from pluq import message as msg
+from pluq._outcome import exception_name
 from pluq.backend import FAILURE, RETRY, REVOKED, STARTED, SUCCESS, Attempt, TaskRecord
 from pluq.broker import Delivery, WorkerInfo
 from pluq.errors import LeaseLost, MessageError, PluqError, SignatureError
@@ -126,6 +127,7 @@ class Supervisor:
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._demand = threading.Condition()
+        self._stopping = False
 
     # -- control (called from signal handlers or other threads) ------------------------
 
@@ -213,6 +215,12 @@ class Supervisor:
                 self._retry_unstored()
                 self._housekeeping()
                 if self.soft_stop.is_set():
+                    if not self._stopping:
+                        self._stopping = True
+                        log.info(
+                            "warm shutdown: finishing %d running task(s), returning the rest",
+                            sum(1 for s in self.slots if s.busy is not None),
+                        )
                     self._stop_fetching()
                     self._release_waiting("the worker is shutting down")
                     if not any(s.busy for s in self.slots) and not self.unstored:
@@ -296,7 +304,7 @@ class Supervisor:
             msg.verify(header, body, self.keys)
         except (MessageError, SignatureError) as exc:
             kind = "bad signature" if isinstance(exc, SignatureError) else "malformed message"
-            self._reject(delivery, None, f"{kind}: {exc}", type(exc).__name__)
+            self._reject(delivery, None, f"{kind}: {exc}", exception_name(exc))
             return
         if existing is not None and existing.state in (SUCCESS, FAILURE):
             # Stored but not acked before (a crash between the two): it ran; don't rerun.
