@@ -18,6 +18,7 @@ from pluq.backend import Attempt, ResultBackend, TaskRecord
 from pluq.broker import Broker, Capabilities, DeadLetter, Delivery, QueueCounts, WorkerInfo
 from pluq.canvas import Signature
 from pluq.errors import (
+    BackendUnavailable,
     ConfigurationError,
     LeaseLost,
     MaxRetriesExceededError,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "BackendUnavailable",
     "AsyncResult",
     "Attempt",
     "Broker",

@@ -193,8 +193,8 @@ def run_job(
     try:
         result, encoding, result_repr = encode_value(value, serializer)
     except Exception as exc:
-        problem = SerializationError(f"the task's return value cannot be stored: {_message(exc)}")
-        return _failure(problem, started, serializer_name)
+        unstorable = SerializationError(f"the task's return value cannot be stored: {_message(exc)}")
+        return _failure(unstorable, started, serializer_name)
     return {
         "status": "success",
         "result": result,
