@@ -1,0 +1,1 @@
+"""Built-in transports; each module is imported lazily by pluq.registry."""

@@ -1,0 +1,672 @@
+"""Redis transport: a reliable queue on lists, sorted sets and Lua, and readable results.
+
+Features:
+    - Every broker operation is one Lua script, one EVALSHA round trip: publish (and each
+      batch of 500 in `publish_many`), reserve of up to `limit` messages, ack, release,
+      dead_letter, extend. Scripts run atomically: a client killed at any instruction
+      leaves each message ready, delayed, leased (with a deadline) or dead. It may be
+      delivered again; it is never lost.
+    - Blocking reserve without polling: BLPOP on a per-queue wake-up list, never longer
+      than the earliest due time of a delayed message or lease it knows of (and 5 s).
+    - Results are JSON strings: `redis-cli GET 'pluq:result:<task id>'` shows one. `wait`
+      blocks in Redis (BLMOVE) and every waiter wakes on the put of a ready record.
+    - Reconnects with exponential backoff (redis-py retries a command 5 times, about 3 s);
+      a reserve or wait that loses its connection logs a warning and keeps trying until
+      its timeout, so it may return up to those few seconds late but never crashes.
+    - Needs Redis 6.2 or newer. Not Redis Cluster: scripts build key names, all under the
+      prefix (an ACL user limited to `~pluq:*` with +@scripting works).
+
+URLs:
+    redis://[[user]:password@]host[:port][/db][?option=value&...]   (localhost:6379/0)
+    rediss://[[user]:password@]host[:port][/db][?...]               TLS
+    unix://[[user]:password@]/path/to/redis.sock[?db=0&...]
+
+Options (URL query; anything else is a ConfigurationError):
+    prefix                  key prefix (default "pluq:"): keeps tenants and tests apart
+    dedupe_window           seconds an acked or cancelled id stays known to publish
+                            (default 300; 0 forgets at once)
+    socket_timeout          seconds to wait for a reply (default 5; 0: no limit); blocking
+                            calls are cut into slices shorter than it
+    socket_connect_timeout  seconds to wait for a connection (default 5; 0: no limit)
+    health_check_interval   PING a connection idle for this many seconds before using it
+    db                      (unix:// only) the database number (default 0)
+    ssl_cert_reqs           (rediss:// only) none | optional | required (default required)
+    ssl_ca_certs, ssl_certfile, ssl_keyfile   (rediss:// only) PEM file paths
+
+Keys (P is the prefix):
+    P queues            SET    every queue that had a message
+    P ready:<queue>     LIST   ids of ready messages, oldest first
+    P delayed:<queue>   ZSET   "<16-digit seq>:<id>" by not_before (the sequence keeps
+                               messages due at the same time in publish order)
+    P leased:<queue>    ZSET   ids by lease deadline
+    P dead:<queue>      ZSET   ids by a sequence number, oldest first
+    P msg:<id>          HASH   queue, body, attempt, state (ready|delayed|leased|dead),
+                               lease_id, dkey (its delayed member), reason, dead_at
+    P done              ZSET   acked and cancelled ids by time, pruned on every ack: about
+                               len(id) + 80 bytes per id acked within the window (300 s
+                               at 1,000 acks/s: about 35 MB)
+    P signal:<queue>    LIST   at most one wake-up token
+    P seq               STRING the sequence counter
+    P workers           ZSET   worker ids by heartbeat expiry; P worker-info HASH id -> JSON
+    P result:<task id>  STRING TaskRecord.to_json() plus "_expires_at" (the client clock's
+                               expiry; the key's TTL frees the memory)
+    P notify:<task id>  LIST   one token while the record is ready
+    P counter:<key>     HASH   value, expires_at
+
+Crash windows. A consumer blocks on the wake-up token (BLPOP P signal:<queue>), never on
+a message. reserve.lua then pops ids from the ready list and records each lease (the id
+in P leased:<queue> scored by its deadline; lease_id, state and attempt in its hash) in
+one atomic step, and passes the token on while messages remain. Killed after taking a
+token and before claiming, a consumer loses only the token: the message stays ready, and
+every reserve claims before it blocks (other blocked consumers see it within 5 s at
+worst). Killed after the claim, it holds leases that expire: the next reserve or counts of
+that queue sees the deadline passed, the message is ready again and its next reservation
+counts one more attempt. There is no processing list, so no moment at which a message is
+held without a deadline. A script whose reply is lost with its connection is retried by
+redis-py: a reserve may then lease messages nobody receives (they come back when the
+lease ends), a publish may answer False for a message it queued, an ack may raise
+LeaseLost although it was applied.
+
+Time. Scores (not_before, lease deadlines, ack times, heartbeat and record expiry) come
+from the injected client clock and reach Lua as arguments, so tests drive them with a
+fake clock. Hosts sharing a Redis therefore need NTP: leases last tens of seconds and are
+renewed every third of that, so a sub-second skew only moves a redelivery or a delayed
+message by that much. Blocking waits time out on real time (time.monotonic).
+
+Durability (hence durable=False: it is the server's setting). Without persistence a Redis
+restart loses every queue and result. With `appendonly yes` they come back on restart;
+`appendfsync everysec` (the default) may lose the last second of writes, `always` none. A
+script goes to the AOF as one MULTI/EXEC: a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from typing import Any, ClassVar, Final, NoReturn
+
+from pluq.backend import ResultBackend, TaskRecord
+from pluq.broker import (
+    Broker,
+    Capabilities,
+    Clock,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueCounts,
+    WorkerInfo,
+)
+from pluq.errors import BackendUnavailable, ConfigurationError, LeaseLost, TransportError
+from pluq.registry import URL
+
+try:
+    import redis
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.commands.core import Script
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - redis is a dependency of pluq
+    raise ImportError(
+        f"redis-py is not installed ({exc}): pip install 'redis>=5' "
+        f"(and 'hiredis' for speed: pip install 'pluq[hiredis]')"
+    ) from exc
+
+__all__ = ["RedisBackend", "RedisBroker", "RedisTransport"]
+
+log = logging.getLogger(__name__)
+
+_CAPABILITIES: Final = Capabilities(
+    shared_between_processes=True, shared_between_hosts=True, durable=False
+)
+_DEFAULT_PREFIX: Final = "pluq:"
+_DEFAULT_DEDUPE_WINDOW: Final = 300.0
+_DEFAULT_TIMEOUT: Final = 5.0
+_MAX_BLOCK: Final = 5.0
+"""Longest single blocking call: a lease taken after a consumer blocked is seen within it."""
+_PUBLISH_BATCH: Final = 500
+_PURGE_BATCH: Final = 1000
+_RETRIES: Final = 5
+"""redis-py retries a command this often (backoff 50 ms doubling up to 1 s) on a lost
+connection before the error reaches pluq."""
+_CONNECTION_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError)
+_WORKER_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(WorkerInfo))
+
+_SCRIPTS: Final = {
+    name: (resources.files("pluq.transports") / "_lua" / f"{name}.lua").read_text(encoding="utf-8")
+    for name in (
+        "publish", "reserve", "settle", "cancel", "counts", "purge", "dead", "workers",
+        "incr", "unnotify",
+    )
+}  # fmt: skip
+
+
+# -- the URL ----------------------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
+def _db(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected a database number, 0 or more")
+    return value
+
+
+def _cert_reqs(text: str) -> str:
+    value = text.lower()
+    if value not in ("none", "optional", "required"):
+        raise ValueError("expected none, optional or required")
+    return value
+
+
+_OPTIONS: Final[dict[str, Callable[[str], Any]]] = {
+    "prefix": str,
+    "dedupe_window": _seconds,
+    "socket_timeout": _seconds,
+    "socket_connect_timeout": _seconds,
+    "health_check_interval": _seconds,
+}
+_TLS_OPTIONS: Final[dict[str, Callable[[str], Any]]] = {
+    "ssl_cert_reqs": _cert_reqs,
+    "ssl_ca_certs": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Settings:
+    url: URL
+    prefix: str
+    dedupe_window: float
+    block: float
+    """Longest single blocking call, shorter than the socket timeout."""
+    client: dict[str, Any]
+
+
+def _settings(url: URL) -> _Settings:
+    """Parse a redis://, rediss:// or unix:// URL into redis-py arguments and our options."""
+    spec = dict(_OPTIONS)
+    if url.scheme == "rediss":
+        spec.update(_TLS_OPTIONS)
+    elif url.scheme == "unix":
+        spec["db"] = _db
+    elif url.scheme != "redis":
+        raise ConfigurationError(
+            f"{url.redacted}: the Redis transport opens redis://, rediss:// and unix:// URLs"
+        )
+    options = url.options(spec)
+    timeout = options.get("socket_timeout", _DEFAULT_TIMEOUT) or None
+    client: dict[str, Any] = {
+        "username": url.username,
+        "password": url.password,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": options.get("socket_connect_timeout", _DEFAULT_TIMEOUT) or None,
+        "health_check_interval": options.get("health_check_interval", 0),
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), _RETRIES),
+    }
+    if url.scheme == "unix":
+        if url.host or not url.path:
+            raise ConfigurationError(
+                f"{url.redacted}: write the socket path after three slashes, as in "
+                f"unix:///run/redis/redis.sock?db=0"
+            )
+        client.update(unix_socket_path=url.path, db=options.get("db", 0))
+    else:
+        client.update(host=url.host or "localhost", port=url.port or 6379, db=_path_db(url))
+        if url.scheme == "rediss":
+            client["ssl"] = True
+            client.update({k: v for k, v in options.items() if k in _TLS_OPTIONS})
+    return _Settings(
+        url=url,
+        prefix=options.get("prefix", _DEFAULT_PREFIX),
+        dedupe_window=options.get("dedupe_window", _DEFAULT_DEDUPE_WINDOW),
+        block=_MAX_BLOCK if timeout is None else min(_MAX_BLOCK, timeout * 0.8),
+        client=client,
+    )
+
+
+def _path_db(url: URL) -> int:
+    path = url.path.strip("/")
+    try:
+        return _db(path) if path else 0
+    except ValueError:
+        raise ConfigurationError(
+            f"{url.redacted}: the path must be a database number, as in redis://localhost:6379/0"
+        ) from None
+
+
+class _Connection:
+    """A redis-py client (thread-safe, reconnects, resets its pool after a fork) with the
+    Lua scripts registered, and the translation of its errors into pluq's."""
+
+    def __init__(self, settings: _Settings, *, unavailable: type[TransportError]) -> None:
+        self.settings = settings
+        self.redis = redis.Redis(**settings.client)
+        self.scripts: dict[str, Script] = {
+            name: self.redis.register_script(text) for name, text in _SCRIPTS.items()
+        }
+        self._unavailable = unavailable
+        # redis-py leaves execute_command unannotated; BLMOVE goes through it because its
+        # wrapper annotates the timeout as int, and Redis takes decimal seconds.
+        self.command: Callable[..., Any] = self.redis.execute_command
+
+    def run(self, script: str, args: list[Any]) -> Any:
+        """Run a Lua script (EVALSHA; loaded on NOSCRIPT) and return its reply."""
+        return self.scripts[script](args=args)
+
+    def call(self, script: str, args: list[Any], action: str) -> Any:
+        """`run`, with Redis errors translated into pluq's (`action` names what failed)."""
+        return self.do(action, self.scripts[script], args=args)
+
+    def do(self, action: str, command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`command(*args, **kwargs)`, with Redis errors translated into pluq's."""
+        try:
+            return command(*args, **kwargs)
+        except redis.RedisError as exc:
+            self.fail(exc, action)
+
+    def fail(self, exc: redis.RedisError, action: str) -> NoReturn:
+        url = self.settings.url.redacted
+        if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc):
+            raise ConfigurationError(
+                f"{url}: Redis refused the credentials while trying to {action} ({exc}); "
+                f"check the user and password in the URL"
+            ) from exc
+        if isinstance(exc, _CONNECTION_ERRORS):
+            raise self._unavailable(
+                f"{url}: could not reach Redis to {action} after {_RETRIES} retries ({exc}); "
+                f"check that the server runs and the URL names it"
+            ) from exc
+        raise TransportError(f"{url}: Redis failed to {action} ({exc})") from exc
+
+    def pause(self, exc: Exception, action: str, failures: int, remaining: float) -> None:
+        """Log a lost connection during a blocking call and sleep a backoff step (bounded
+        by the caller's remaining time) before it tries again."""
+        if failures == 1:
+            log.warning(
+                "%s: lost the connection to Redis during %s (%s); retrying until it is back",
+                self.settings.url.redacted,
+                action,
+                exc,
+            )
+        time.sleep(max(0.0, min(0.05 * 2**failures, 1.0, remaining)))
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# -- the broker -------------------------------------------------------------------------------
+
+
+class RedisBroker(Broker):
+    """Named queues in Redis; see the module docstring for the layout and guarantees."""
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, url: URL, *, clock: Clock = time.time) -> None:
+        self._conn = _Connection(_settings(url), unavailable=TransportError)
+        self._clock = clock
+        self._prefix = self._conn.settings.prefix
+        self._window = self._conn.settings.dedupe_window
+
+    # -- producer side -------------------------------------------------------------------
+
+    def publish(
+        self, queue: str, message: bytes, *, id: str, not_before: float | None = None
+    ) -> bool:
+        return self.publish_many([Outgoing(queue, message, id, not_before)])[0]
+
+    def publish_many(self, messages: Iterable[Outgoing]) -> list[bool]:
+        batch = list(messages)
+        results: list[bool] = []
+        for start in range(0, len(batch), _PUBLISH_BATCH):
+            chunk = batch[start : start + _PUBLISH_BATCH]
+            now = self._clock()
+            args: list[Any] = [self._prefix, now, now - self._window, len(chunk)]
+            for queue, message, id, *rest in chunk:  # plain tuples work too
+                not_before = rest[0] if rest else None
+                args += (queue, id, message, "" if not_before is None else not_before)
+            reply = self._conn.call("publish", args, "publish")
+            results += (flag == 1 for flag in reply)
+        return results
+
+    # -- consumer side -------------------------------------------------------------------
+
+    def reserve(
+        self, queues: Sequence[str], *, timeout: float, lease: float, limit: int = 1
+    ) -> list[Delivery]:
+        if not queues:
+            raise ValueError("reserve needs at least one queue name")
+        if limit < 1:
+            raise ValueError(f"limit must be 1 or more, not {limit}")
+        deadline = time.monotonic() + max(timeout, 0.0)
+        signals = [f"{self._prefix}signal:{q}" for q in queues]
+        failures = 0
+        while True:
+            now = self._clock()
+            try:
+                reply = self._conn.run(
+                    "reserve", [self._prefix, now, now + lease, limit, uuid.uuid4().hex, *queues]
+                )
+                if len(reply) > 1:
+                    return self._deliveries(reply, now + lease)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                wait = min(remaining, self._conn.settings.block)
+                if reply[0] is not None:
+                    wait = min(wait, float(reply[0]) - now)
+                # BLPOP's timeout is in seconds with millisecond resolution; 0 means forever.
+                self._conn.redis.blpop(signals, timeout=max(wait, 0.001))
+                failures = 0
+            except redis.AuthenticationError as exc:
+                self._conn.fail(exc, "reserve")
+            except _CONNECTION_ERRORS as exc:
+                # Redis restarting or a network blip: never a crash of the worker's loop.
+                failures += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "%s: reserve gave up until Redis is back (%s)",
+                        self._conn.settings.url.redacted,
+                        exc,
+                    )
+                    return []
+                self._conn.pause(exc, "reserve", failures, remaining)
+            except redis.RedisError as exc:
+                self._conn.fail(exc, "reserve")
+
+    @staticmethod
+    def _deliveries(reply: list[Any], lease_deadline: float) -> list[Delivery]:
+        return [
+            Delivery(
+                id=_text(reply[i + 1]),
+                queue=_text(reply[i]),
+                message=bytes(reply[i + 2]),
+                attempt=int(reply[i + 3]),
+                lease_id=_text(reply[i + 4]),
+                lease_deadline=lease_deadline,
+            )
+            for i in range(1, len(reply), 5)
+        ]
+
+    def _settle(self, op: str, delivery: Delivery, *args: Any) -> None:
+        ok = self._conn.call(
+            "settle",
+            [self._prefix, op, delivery.id, delivery.lease_id, self._clock(), *args],
+            f"{op} message {delivery.id!r}",
+        )
+        if ok != 1:
+            raise LeaseLost(
+                f"message {delivery.id!r} of queue {delivery.queue!r}: lease "
+                f"{delivery.lease_id} is no longer current (it expired and the message was "
+                f"reserved again, or it was already acked, released or dead-lettered); "
+                f"leave this message alone, its current holder owns it"
+            )
+
+    def ack(self, delivery: Delivery) -> None:
+        remember = self._window > 0
+        self._settle("ack", delivery, self._clock() - self._window, "1" if remember else "0")
+
+    def release(
+        self, delivery: Delivery, *, not_before: float | None = None, message: bytes | None = None
+    ) -> None:
+        self._settle(
+            "release",
+            delivery,
+            "" if not_before is None else not_before,
+            "0" if message is None else "1",
+            b"" if message is None else message,
+        )
+
+    def dead_letter(self, delivery: Delivery, *, reason: str, message: bytes | None = None) -> None:
+        self._settle(
+            "dead",
+            delivery,
+            reason,
+            "0" if message is None else "1",
+            b"" if message is None else message,
+        )
+
+    def extend(self, delivery: Delivery, *, lease: float) -> Delivery:
+        deadline = self._clock() + lease
+        self._settle("extend", delivery, deadline)
+        return dataclasses.replace(delivery, lease_deadline=deadline)
+
+    def cancel(self, id: str) -> bool:
+        remember = "1" if self._window > 0 else "0"
+        return bool(
+            self._conn.call(
+                "cancel", [self._prefix, id, self._clock(), remember], f"cancel message {id!r}"
+            )
+        )
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueCounts]:
+        if queues is not None and not queues:
+            return {}
+        reply = self._conn.call(
+            "counts", [self._prefix, self._clock(), *(queues or ())], "count messages"
+        )
+        found = {
+            _text(reply[i]): QueueCounts(*(int(n) for n in reply[i + 1 : i + 5]))
+            for i in range(0, len(reply), 5)
+        }
+        return dict(sorted(found.items())) if queues is None else found
+
+    def purge(self, queue: str) -> int:
+        total = 0
+        while True:  # in batches, so that Redis is never blocked for long
+            args = [self._prefix, queue, _PURGE_BATCH]
+            n = int(self._conn.call("purge", args, f"purge queue {queue!r}"))
+            total += n
+            if n < _PURGE_BATCH:
+                return total
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        reply = self._conn.call("dead", [self._prefix, "list", queue or ""], "list dead letters")
+        return [
+            DeadLetter(
+                id=_text(reply[i + 1]),
+                queue=_text(reply[i + 2]),
+                message=bytes(reply[i + 3] or b""),
+                reason=_text(reply[i + 4] or b""),
+                attempt=int(reply[i + 5] or 0),
+                dead_at=float(reply[i + 6] or 0.0),
+            )
+            for i in range(0, len(reply), 7)
+        ]
+
+    def _dead(self, op: str, ids: Sequence[str] | None) -> int:
+        if ids is not None and not ids:
+            return 0
+        return int(self._conn.call("dead", [self._prefix, op, *(ids or ())], f"{op} dead letters"))
+
+    def retry_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._dead("retry", ids)
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._dead("purge", ids)
+
+    def heartbeat(self, worker: WorkerInfo, *, ttl: float) -> None:
+        info = json.dumps(dataclasses.asdict(worker), default=repr, separators=(",", ":"))
+        self._conn.call(
+            "workers",
+            [self._prefix, "beat", worker.id, self._clock() + ttl, info],
+            f"record the heartbeat of worker {worker.id!r}",
+        )
+
+    def unregister(self, worker_id: str) -> None:
+        self._conn.call(
+            "workers", [self._prefix, "forget", worker_id], f"unregister worker {worker_id!r}"
+        )
+
+    def workers(self) -> list[WorkerInfo]:
+        reply = self._conn.call("workers", [self._prefix, "list", self._clock()], "list workers")
+        found = []
+        for raw in reply:
+            data = json.loads(raw)
+            data["queues"] = tuple(data.get("queues") or ())
+            # Fields another pluq version wrote and this one does not know are skipped.
+            found.append(WorkerInfo(**{k: v for k, v in data.items() if k in _WORKER_FIELDS}))
+        return found
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+# -- the result backend ---------------------------------------------------------------------
+
+
+class RedisBackend(ResultBackend):
+    """Task records as JSON strings with a TTL; see the module docstring."""
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, url: URL, *, clock: Clock = time.time) -> None:
+        self._conn = _Connection(_settings(url), unavailable=BackendUnavailable)
+        self.clock = clock
+        self._prefix = self._conn.settings.prefix
+
+    def _key(self, task_id: str) -> str:
+        return f"{self._prefix}result:{task_id}"
+
+    def _notify_key(self, task_id: str) -> str:
+        return f"{self._prefix}notify:{task_id}"
+
+    def _decode(self, raw: bytes | str | None, task_id: str) -> TaskRecord | None:
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            expires_at = data.get("_expires_at")
+            if expires_at is not None and expires_at <= self.clock():
+                return None
+            return TaskRecord.from_dict(data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise TransportError(
+                f"{self._conn.settings.url.redacted}: the value of key "
+                f"{self._key(task_id)!r} is not a pluq task record ({exc}); delete that key "
+                f"or choose another prefix"
+            ) from exc
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        raw = self._conn.do(f"read task {task_id!r}", self._conn.redis.get, self._key(task_id))
+        return self._decode(raw, task_id)
+
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
+        if not task_ids:
+            return []
+        raws = self._conn.do(
+            "read results", self._conn.redis.mget, [self._key(t) for t in task_ids]
+        )
+        return [self._decode(raw, t) for raw, t in zip(raws, task_ids, strict=True)]
+
+    def put(self, record: TaskRecord, *, expires: float) -> None:
+        key, notify = self._key(record.id), self._notify_key(record.id)
+        pipe = self._conn.redis.pipeline(transaction=True)
+        if math.isfinite(expires) and expires <= 0:
+            pipe.delete(key, notify)  # already expired: as if it were put and gone
+        else:
+            text = record.to_json()
+            ttl_ms = math.ceil(expires * 1000) if math.isfinite(expires) else None
+            if ttl_ms is not None:
+                # The expiry on the client's clock, so that tests with a fake clock see it;
+                # the server TTL frees the memory.
+                text = f'{text[:-1]},"_expires_at":{self.clock() + expires!r}}}'
+            pipe.set(key, text, px=ttl_ms)
+            pipe.delete(notify)
+            if record.ready:
+                pipe.rpush(notify, b"1")
+                if ttl_ms is not None:
+                    pipe.pexpire(notify, ttl_ms)
+        self._conn.do(f"store the result of task {record.id!r}", pipe.execute)
+
+    def forget(self, task_id: str) -> bool:
+        pipe = self._conn.redis.pipeline(transaction=True)
+        pipe.getdel(self._key(task_id))
+        pipe.delete(self._notify_key(task_id))
+        raw, _ = self._conn.do(f"forget the result of task {task_id!r}", pipe.execute)
+        try:
+            return self._decode(raw, task_id) is not None
+        except TransportError:
+            return True  # something was there, and now it is gone
+
+    def wait(self, task_id: str, *, timeout: float | None) -> TaskRecord | None:
+        """Block on the record's wake-up list until the record is ready.
+
+        A ready put leaves one token in `P notify:<id>`; each waiter rotates it with
+        BLMOVE (right to left on the same list), which hands it to every blocked waiter in
+        turn, and then reads the record. A token whose record is not ready any more is
+        dropped (unnotify.lua) so that waiters block again instead of spinning.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key, notify = self._key(task_id), self._notify_key(task_id)
+        failures = 0
+        woken = False
+        while True:
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            try:
+                record = self._decode(self._conn.redis.get(key), task_id)
+                if record is not None and record.ready:
+                    return record
+                if woken:
+                    self._conn.run("unnotify", [key, notify, self.clock()])
+                if remaining <= 0:
+                    return None
+                block = f"{max(min(remaining, self._conn.settings.block), 0.001):.3f}"
+                token = self._conn.command("BLMOVE", notify, notify, "RIGHT", "LEFT", block)
+                woken = token is not None
+                failures = 0
+            except redis.AuthenticationError as exc:
+                self._conn.fail(exc, f"wait for the result of task {task_id!r}")
+            except _CONNECTION_ERRORS as exc:
+                failures += 1
+                if remaining <= 0:
+                    self._conn.fail(exc, f"wait for the result of task {task_id!r}")
+                self._conn.pause(exc, "wait", failures, remaining)
+            except redis.RedisError as exc:
+                self._conn.fail(exc, f"wait for the result of task {task_id!r}")
+
+    def incr(self, key: str, amount: int = 1, *, expires: float) -> int:
+        now = self.clock()
+        ttl_ms = max(1, math.ceil(expires * 1000))
+        args = [f"{self._prefix}counter:{key}", amount, now, now + expires, ttl_ms]
+        return int(self._conn.call("incr", args, f"increment counter {key!r}"))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+# -- the transport ------------------------------------------------------------------------------
+
+
+class RedisTransport:
+    """The redis://, rediss:// and unix:// schemes."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix")
+    capabilities: ClassVar[Capabilities] = _CAPABILITIES
+
+    @classmethod
+    def broker(cls, url: URL, *, clock: Clock) -> RedisBroker:
+        return RedisBroker(url, clock=clock)
+
+    @classmethod
+    def backend(cls, url: URL, *, clock: Clock) -> RedisBackend:
+        return RedisBackend(url, clock=clock)
