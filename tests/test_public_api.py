@@ -20,7 +20,8 @@ def test_public_names_are_pinned() -> None:
             "ResultBackend", "Retry", "SerializationError", "Signature", "SignatureError",
             "Stats", "Task", "TaskError", "TaskRecord", "TaskRevokedError", "TimeLimitExceeded",
             "TimeoutError", "TransportError", "Worker", "WorkerInfo", "WorkerLostError",
-            "__version__", "current_request", "register_transport",
+            "__version__", "current_request", "register_transport", "Chain", "Chord", "Group",
+            "GroupResult", "chain", "chord", "group",
         ]
     )  # fmt: skip
     for name in pluq.__all__:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pluq.app import App, DeadTask, Stats
 from pluq.backend import Attempt, ResultBackend, TaskRecord
 from pluq.broker import Broker, Capabilities, DeadLetter, Delivery, QueueCounts, WorkerInfo
-from pluq.canvas import Signature
+from pluq.canvas import Chain, Chord, Group, GroupResult, Signature, chain, chord, group
 from pluq.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -44,15 +44,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
-    "BackendUnavailable",
     "AsyncResult",
     "Attempt",
+    "BackendUnavailable",
     "Broker",
     "Capabilities",
+    "Chain",
+    "Chord",
     "ConfigurationError",
     "DeadLetter",
     "DeadTask",
     "Delivery",
+    "Group",
+    "GroupResult",
     "LeaseLost",
     "MaxRetriesExceededError",
     "MessageError",
@@ -77,6 +81,9 @@ __all__ = [
     "WorkerInfo",
     "WorkerLostError",
     "__version__",
+    "chain",
+    "chord",
     "current_request",
+    "group",
     "register_transport",
 ]

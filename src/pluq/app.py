@@ -6,7 +6,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -325,6 +324,7 @@ class App:
         task_id: str | None = None,
         max_retries: int | None = None,
         meta: Mapping[str, Any] | None = None,
+        link: Sequence[Mapping[str, Any]] = (),
     ) -> Outgoing:
         now = self.clock()
         if countdown is not None and eta is not None:
@@ -338,35 +338,30 @@ class App:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ConfigurationError("kwargs must be a dict with string keys")
         by_value = task is not None and task.by_value
-        payload: dict[str, Any] = {"args": list(args), "kwargs": kwargs}
-        if by_value:
-            if self.serializer.name != "cloudpickle":
-                raise ConfigurationError(
-                    f"task {name!r} is defined in __main__ or in a closure, so it must travel "
-                    f"by value, which only the cloudpickle serializer can do; move it to an "
-                    f'importable module, or use App(..., serializer="cloudpickle")'
-                )
-            assert task is not None
-            payload["fn"] = _task_bytes(task)
-        body = self.serializer.dumps(payload)
-        queue_name = queue or (task.queue if task is not None else None) or self.default_queue
-        header = msg.Header(
-            id=task_id or uuid.uuid4().hex,
+        if by_value and self.serializer.name != "cloudpickle":
+            raise ConfigurationError(
+                f"task {name!r} is defined in __main__ or in a closure, so it must travel "
+                f"by value, which only the cloudpickle serializer can do; move it to an "
+                f'importable module, or use App(..., serializer="cloudpickle")'
+            )
+        if max_retries is None:
+            max_retries = task.max_retries if task is not None else 3
+        return msg.pack(
             task=name,
-            queue=queue_name,
-            serializer=self.serializer.name,
-            retries=0,
-            max_retries=max_retries
-            if max_retries is not None
-            else (task.max_retries if task is not None else 3),
-            eta=not_before,
+            args=args,
+            kwargs=kwargs,
+            queue=queue or (task.queue if task is not None else None) or self.default_queue,
+            serializer=self.serializer,
+            keys=self.keys,
+            now=now,
+            task_id=task_id,
+            not_before=not_before,
             expires=expires_at,
-            created=now,
-            by_value=by_value,
+            max_retries=max_retries,
+            fn=_task_bytes(task) if by_value and task is not None else None,
+            link=link,
             meta=_meta(task, meta),
         )
-        data = msg.encode(header, body, self.keys)
-        return Outgoing(queue_name, data, header.id, not_before)
 
     def _send(
         self, task: Task[Any, Any] | None, name: str, args: tuple[Any, ...],
@@ -477,7 +472,7 @@ class App:
 
     # -- workers -------------------------------------------------------------------------
 
-    def Worker(self, **options: Any) -> _worker.Worker:  # noqa: N802 - reads like a class
+    def Worker(self, **options: Any) -> _worker.Worker:
         """A worker for this app; `.run()` blocks, `.run(burst=True)` returns when idle."""
         from pluq.worker import Worker
 

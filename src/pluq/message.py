@@ -21,18 +21,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 from pluq.backend import TaskRecord
+from pluq.broker import Outgoing
 from pluq.errors import MessageError, SignatureError
+from pluq.serializers import Serializer
 
 __all__ = [
     "FORMAT_VERSION",
     "Header",
     "decode",
     "encode",
+    "pack",
     "sign",
     "sign_record",
     "verify",
@@ -201,3 +205,49 @@ def verify_record(record: TaskRecord, keys: Sequence[bytes]) -> None:
         f"match: it was not written by a worker holding this app's secret; refusing to "
         f"load it"
     )
+
+
+def pack(
+    *,
+    task: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    queue: str,
+    serializer: Serializer,
+    keys: Sequence[bytes],
+    now: float,
+    task_id: str | None = None,
+    not_before: float | None = None,
+    expires: float | None = None,
+    max_retries: int | None = 3,
+    fn: bytes | None = None,
+    link: Sequence[Mapping[str, Any]] = (),
+    meta: Mapping[str, Any] | None = None,
+) -> Outgoing:
+    """Build a signed message for one task call: the one way every producer builds them.
+
+    `fn` is the pickled Task for a task that travels by value. `link` holds the remaining
+    steps of a chain (portable signatures, see `pluq.canvas`); the body carries them, and
+    the header lists their ids so a worker can fail them without loading the body.
+    """
+    payload: dict[str, Any] = {"args": list(args), "kwargs": dict(kwargs)}
+    if fn is not None:
+        payload["fn"] = fn
+    header_meta = dict(meta or {})
+    if link:
+        payload["link"] = [dict(step) for step in link]
+        header_meta["chain"] = [step["id"] for step in link]
+    body = serializer.dumps(payload)
+    header = Header(
+        id=task_id or uuid.uuid4().hex,
+        task=task,
+        queue=queue,
+        serializer=serializer.name,
+        max_retries=max_retries,
+        eta=not_before,
+        expires=expires,
+        created=now,
+        by_value=fn is not None,
+        meta=header_meta,
+    )
+    return Outgoing(queue, encode(header, body, keys), header.id, not_before)

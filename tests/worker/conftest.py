@@ -12,7 +12,7 @@ import worker_tasks
 import pluq
 
 # The transports the worker suite runs on. Each URL gets a fresh namespace per test.
-WORKER_TRANSPORTS = ["memory://wt-{uid}"]
+WORKER_TRANSPORTS = ["memory://wt-{uid}", "file://{tmp}/queue?fsync=false"]
 
 
 @pytest.fixture(params=WORKER_TRANSPORTS, ids=lambda url: url.split(":")[0])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import worker_tasks as wt
-from _support import wait_until
 
 import pluq
+from _support import wait_until
 from pluq import message as msg
 
 
@@ -221,18 +221,16 @@ def test_malformed_bytes_are_dead_lettered_and_the_worker_goes_on(wapp: pluq.App
 
 def test_an_unknown_task_name_is_dead_lettered_with_a_failure_record(wapp: pluq.App) -> None:
     result = wapp.send_task("worker_tasks.no_such_task", (1,))
-    with wapp.worker(concurrency=1):
-        with pytest.raises(pluq.NotRegistered, match="no_such_task"):
-            result.get(timeout=30)
+    with wapp.worker(concurrency=1), pytest.raises(pluq.NotRegistered, match="no_such_task"):
+        result.get(timeout=30)
     [dead] = wapp.dead_letters()
     assert "unknown task" in dead.reason
 
 
 def test_an_expired_task_does_not_run_and_is_revoked(wapp: pluq.App, ledger: str) -> None:
     result = wt.canary.apply_async((ledger,), expires=datetime.now() - timedelta(seconds=1))
-    with wapp.worker(concurrency=1):
-        with pytest.raises(pluq.TaskRevokedError):
-            result.get(timeout=30)
+    with wapp.worker(concurrency=1), pytest.raises(pluq.TaskRevokedError):
+        result.get(timeout=30)
     assert result.state == "REVOKED"
     assert wt.executions(ledger, "canary") == 0
     assert "expired" in wapp.dead_letters()[0].reason

@@ -120,3 +120,24 @@ def unpicklable_result() -> object:
 @app.task
 def raise_system_exit() -> None:
     raise SystemExit(3)
+
+
+@app.task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task
+def div(x: int, y: int) -> float:
+    return x / y
+
+
+@app.task
+def record_call(results: list[object], ledger: str) -> str:
+    _ledger(ledger, "callback")
+    return "called"

@@ -120,6 +120,7 @@ class Worker:
                 for name, task in self.app.tasks.items()
                 if not task.by_value
             },
+            keys=self.app.keys,
         )
         slots = make_pool(self.pool, self.concurrency, spec, start_method=self.start_method)
         return Supervisor(

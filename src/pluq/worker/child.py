@@ -17,12 +17,12 @@ import signal
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from pluq._outcome import encode_exception, encode_value, exception_name
+from pluq._outcome import decode_value, encode_exception, encode_value, exception_name
+from pluq.canvas import build_next
 from pluq.errors import MessageError, NotRegistered, Retry, SerializationError
 from pluq.serializers import get_serializer
 from pluq.task import Request, _request
@@ -45,15 +45,23 @@ class ChildSpec:
     """"module:attribute" of the app, for children that do not inherit memory (spawn)."""
     task_modules: dict[str, str] = field(default_factory=dict)
     """Task name -> the module that registers it, imported on first use."""
+    keys: tuple[bytes, ...] = ()
+    """The app's secrets: a child signs the next step of a chain it finishes."""
 
     def __getstate__(self) -> dict[str, Any]:
         # The app object stays behind when a spawned child is started: it re-imports it.
-        return {"app": None, "app_ref": self.app_ref, "task_modules": self.task_modules}
+        return {
+            "app": None,
+            "app_ref": self.app_ref,
+            "task_modules": self.task_modules,
+            "keys": self.keys,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.app = state["app"]
         self.app_ref = state["app_ref"]
         self.task_modules = state["task_modules"]
+        self.keys = state["keys"]
 
 
 class Resolver:
@@ -61,12 +69,16 @@ class Resolver:
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
+        self.keys = spec.keys
         self._by_value: OrderedDict[bytes, Task[Any, Any]] = OrderedDict()
 
     def _app(self) -> App | None:
         if self.spec.app is None and self.spec.app_ref:
             module_name, _, attr = self.spec.app_ref.partition(":")
-            self.spec.app = getattr(importlib.import_module(module_name), attr)
+            try:
+                self.spec.app = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError):
+                self.spec.app_ref = None  # e.g. an app in a notebook: tasks come by value
         return self.spec.app
 
     def __call__(self, name: str, fn: bytes | None) -> Task[Any, Any]:
@@ -129,9 +141,7 @@ def _message(exc: BaseException) -> str:
         return f"<{type(exc).__name__} with an unprintable message>"
 
 
-def run_job(
-    job: dict[str, Any], body: bytes, resolve: Callable[[str, bytes | None], Task[Any, Any]]
-) -> dict[str, Any]:
+def run_job(job: dict[str, Any], body: bytes, resolve: Resolver) -> dict[str, Any]:
     """Run one job and describe its outcome as a JSON-ready dict.
 
     status is "success" (with the encoded result), "retry" (with `not_before` and the
@@ -145,6 +155,9 @@ def run_job(
         task = resolve(job["task"], payload.get("fn"))
         args = tuple(payload["args"])
         kwargs = dict(payload["kwargs"])
+        if "chord_results" in job:  # a chord's callback: the members' results come first
+            gathered = [decode_value(r, enc) for r, enc in job["chord_results"]]
+            args = (gathered, *args)
     except NotRegistered as exc:
         return _failure(exc, started, serializer_name)
     except Exception as exc:
@@ -193,9 +206,11 @@ def run_job(
     try:
         result, encoding, result_repr = encode_value(value, serializer)
     except Exception as exc:
-        unstorable = SerializationError(f"the task's return value cannot be stored: {_message(exc)}")
+        unstorable = SerializationError(
+            f"the task's return value cannot be stored: {_message(exc)}"
+        )
         return _failure(unstorable, started, serializer_name)
-    return {
+    outcome = {
         "status": "success",
         "result": result,
         "result_encoding": encoding,
@@ -203,9 +218,19 @@ def run_job(
         "started_at": started,
         "finished_at": time.time(),
     }
+    link = payload.get("link")
+    if link:
+        try:
+            outcome["publish"] = [
+                build_next(link[0], link[1:], value, serializer=serializer, keys=resolve.keys)
+            ]
+        except Exception as exc:
+            unqueued = SerializationError(f"cannot queue the chain's next step: {_message(exc)}")
+            return _failure(unqueued, started, serializer_name)
+    return outcome
 
 
-def serve(conn: Connection, resolve: Callable[[str, bytes | None], Task[Any, Any]]) -> None:
+def serve(conn: Connection, resolve: Resolver) -> None:
     """Run jobs from `conn` until it closes; one JSON outcome back per job."""
     while True:
         try:

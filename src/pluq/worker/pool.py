@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
@@ -145,7 +145,7 @@ class ProcessSlot(Slot):
 
 
 class ThreadSlot(Slot):
-    def __init__(self, index: int, resolve: Callable[..., Any]) -> None:
+    def __init__(self, index: int, resolve: Resolver) -> None:
         super().__init__(index)
         self.resolve = resolve
         self.thread: threading.Thread | None = None
@@ -171,7 +171,7 @@ class ThreadSlot(Slot):
 class SoloSlot(Slot):
     """Runs the job in the supervisor's own thread: no pipe; the supervisor calls `run`."""
 
-    def __init__(self, index: int, resolve: Callable[..., Any]) -> None:
+    def __init__(self, index: int, resolve: Resolver) -> None:
         super().__init__(index)
         self.resolve = resolve
 
