@@ -169,8 +169,9 @@ class Broker(abc.ABC):
 
         Idempotent on id: if `id` is already known (ready, delayed, leased or dead, or
         acknowledged less than `dedupe_window` seconds ago: a URL option of every
-        transport, default 300), nothing is queued and the call returns False. Otherwise the message is stored durably (as
-        durable as the transport is) before this returns True.
+        transport, default 300), nothing is queued and the call returns False. Otherwise
+        the message is stored (as durably as the transport stores) before this returns
+        True.
 
         With `not_before` (an absolute clock time) the message waits in the broker and
         becomes ready when the clock reaches it.

@@ -1,12 +1,12 @@
 """The exceptions pluq raises, in one tree.
 
     PluqError
-    ├── ConfigurationError      bad URL, unknown scheme, bad option      (also a ValueError)
-    ├── NotRegistered           a task name nobody registered            (also a LookupError)
+    ├── ConfigurationError      bad URL, unknown scheme, bad option    (also a ValueError)
+    ├── NotRegistered           a task name nobody registered          (also a LookupError)
     ├── SignatureError          a message or result with a bad or missing HMAC
     ├── MessageError            bytes that are not a pluq message
-    ├── SerializationError      arguments or a result the serializer cannot encode (also a TypeError)
-    ├── TimeoutError            AsyncResult.get() waited too long        (also the builtin TimeoutError)
+    ├── SerializationError      a value the serializer cannot encode   (also a TypeError)
+    ├── TimeoutError            AsyncResult.get() waited too long      (also builtins')
     ├── TaskError               a task's exception that cannot be rebuilt where it is read
     ├── MaxRetriesExceededError a task asked to retry once more than it may
     ├── TimeLimitExceeded       a task ran past its hard time limit
