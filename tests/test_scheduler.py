@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -40,9 +39,9 @@ PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def ts(*fields: int, tz: Any = UTC) -> float:
+def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, *, tz: Any = UTC) -> float:
     """Seconds since the epoch of a wall-clock time in `tz`."""
-    return datetime(*fields, tzinfo=tz).timestamp()  # type: ignore[misc]
+    return datetime(year, month, day, hour, minute, tzinfo=tz).timestamp()
 
 
 def utc(t: float) -> datetime:
@@ -105,9 +104,9 @@ def test_an_interval_that_is_not_positive_and_finite_is_refused(value: Any) -> N
 
 
 def test_every_and_cron_together_or_neither_are_refused() -> None:
-    with pytest.raises(pluq.ConfigurationError, match="exactly one of every= .* or cron="):
+    with pytest.raises(pluq.ConfigurationError, match=r"exactly one of every= .* or cron="):
         Schedule.create("x", every=60, cron="* * * * *")
-    with pytest.raises(pluq.ConfigurationError, match="exactly one of every= .* or cron="):
+    with pytest.raises(pluq.ConfigurationError, match=r"exactly one of every= .* or cron="):
         Schedule.create("x")
 
 
@@ -196,7 +195,7 @@ def test_declaring_again_replaces_the_schedule_but_a_name_clash_is_refused(
     periodic(fapp, every=120, name="jobs.job")(job)  # a re-run notebook cell
     assert schedules(fapp)["jobs.job"].every == 120.0
 
-    with pytest.raises(pluq.ConfigurationError, match="a different schedule named 'jobs.job'"):
+    with pytest.raises(pluq.ConfigurationError, match=r"a different schedule named 'jobs\.job'"):
         add_schedule(fapp, Schedule.create("jobs.job", every=30))
     add_schedule(fapp, Schedule.create("jobs.job", every=30), replace=True)
     assert schedules(fapp)["jobs.job"].every == 30.0
@@ -228,7 +227,7 @@ def test_interval_ticks_may_be_fractions_of_a_second() -> None:
 
 def test_cron_ticks_are_exact_in_utc() -> None:
     five = Schedule.create("x", cron="*/5 * * * *")
-    t = ts(2024, 1, 1, 12, 3, 10)
+    t = ts(2024, 1, 1, 12, 3) + 10.0
     assert utc(five.next_after(t)) == datetime(2024, 1, 1, 12, 5, tzinfo=UTC)
     assert utc(five.last_at_or_before(t) or 0) == datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
     on_tick = ts(2024, 1, 1, 12, 5)
@@ -236,6 +235,16 @@ def test_cron_ticks_are_exact_in_utc() -> None:
     assert five.next_after(on_tick) == ts(2024, 1, 1, 12, 10)
     monday = Schedule.create("m", cron="30 2 * * MON")
     assert utc(monday.next_after(t)) == datetime(2024, 1, 8, 2, 30, tzinfo=UTC)
+
+
+def test_cron_nicknames_are_understood() -> None:
+    t = ts(2024, 5, 17, 13, 37)
+    assert utc(Schedule.create("h", cron="@hourly").next_after(t)).hour == 14
+    assert utc(Schedule.create("d", cron="@daily").next_after(t)) == datetime(
+        2024, 5, 18, tzinfo=UTC
+    )
+    weekly = Schedule.create("w", cron="@weekly", tz="Europe/Paris").next_after(t)
+    assert weekly == ts(2024, 5, 19, tz=PARIS)  # Sunday midnight in Paris
 
 
 def test_cron_fields_are_read_in_the_schedule_time_zone() -> None:
@@ -437,6 +446,74 @@ def test_a_state_record_without_a_time_is_ignored_with_a_warning(
     assert scheduler.tick(1020) == ["pluq:periodic:ping:1020"]
 
 
+def test_state_records_are_signed_when_the_app_has_a_secret(memory_url: str) -> None:
+    app = pluq.App(memory_url, serializer="json", secret="s3cret")
+    every(app, "ping", 10)
+    scheduler = Scheduler(app)
+    scheduler.tick(1000.5)
+    [task_id] = scheduler.tick(1010)
+    record = app.backend.get(state_id("ping"))
+    assert record is not None and record.signature
+    assert app.AsyncResult(state_id("ping")).state == "SUCCESS"  # verified on read
+    [(header, _)] = drain(app)
+    assert header.id == task_id and header.sig
+    app.close()
+
+
+def test_a_running_scheduler_keeps_queuing_while_the_result_store_is_away(
+    fapp: pluq.App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    every(fapp, "ping", 10)
+    scheduler = Scheduler(fapp)
+    scheduler.tick(1000.5)
+
+    def away(*args: object, **kwargs: object) -> None:
+        raise pluq.errors.BackendUnavailable("the result store is down (test)")
+
+    monkeypatch.setattr(fapp.backend, "get", away)
+    monkeypatch.setattr(fapp.backend, "put", away)
+    with caplog.at_level(logging.WARNING, logger="pluq.beat"):
+        assert scheduler.tick(1010) == ["pluq:periodic:ping:1010"]
+    assert "could not be read" in caplog.text and "could not be saved" in caplog.text
+
+    # A scheduler that has never seen the schedule cannot tell what it missed: it waits.
+    fresh = Scheduler(fapp)
+    with caplog.at_level(logging.ERROR, logger="pluq.beat"):
+        assert fresh.tick(1020) == []
+    assert "the result store is down" in caplog.text
+    monkeypatch.undo()
+    assert fresh.tick(1021) == []  # then starts like any new scheduler ...
+    assert fresh.tick(1030) == ["pluq:periodic:ping:1030"]  # ... on the next tick
+
+
+def test_run_retries_a_failed_step_soon_without_spinning(
+    fapp: pluq.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every(fapp, "hourly", 3600)  # the next tick is far away: only a retry can come soon
+    real_get = fapp.backend.get
+    calls: list[str] = []
+    recovered = threading.Event()
+
+    def flaky(task_id: str) -> Any:
+        calls.append(task_id)
+        if len(calls) == 1:
+            raise pluq.errors.BackendUnavailable("the result store is down (test)")
+        recovered.set()
+        return real_get(task_id)
+
+    monkeypatch.setattr(fapp.backend, "get", flaky)
+    stop = threading.Event()
+    thread = threading.Thread(target=Scheduler(fapp).run, args=(stop,))
+    thread.start()
+    try:
+        assert recovered.wait(timeout=10), "the failed step was not retried"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(calls) == 2
+
+
 # -- several schedulers ------------------------------------------------------------------
 
 
@@ -525,7 +602,7 @@ def test_run_queues_ticks_as_they_come_and_stops_when_told(memory_url: str) -> N
     thread = threading.Thread(target=Scheduler(app).run, args=(stop,))
     thread.start()
     try:
-        received = []
+        received: list[float] = []
         while len(received) < 3:
             deliveries = app.broker.reserve(["default"], timeout=10, lease=60)
             assert deliveries, "no tick was queued within 10 s"
@@ -535,20 +612,34 @@ def test_run_queues_ticks_as_they_come_and_stops_when_told(memory_url: str) -> N
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
-    assert [round(b - a, 6) for a, b in itertools.pairwise(received)] == [0.2, 0.2]
+    # Successive ticks, on the 0.2 s grid (a loaded machine may skip one: catch-up).
+    assert received == sorted(set(received))
+    assert all(math.isclose(t / 0.2, round(t / 0.2), abs_tol=1e-3) for t in received)
     app.close()
 
 
-def test_run_returns_promptly_when_stopped_between_distant_ticks(memory_url: str) -> None:
+def test_run_sleeps_until_the_next_tick_and_wakes_when_stopped(memory_url: str) -> None:
     app = pluq.App(memory_url, serializer="json")
     every(app, "hourly", 3600)
-    stop = threading.Event()
+    waits: list[float | None] = []
+    waiting = threading.Event()
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            waiting.set()
+            return super().wait(timeout)
+
+    stop = Stop()
     thread = threading.Thread(target=Scheduler(app).run, args=(stop,))
     thread.start()
+    assert waiting.wait(timeout=10)
     started = time.monotonic()
     stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive() and time.monotonic() - started < 5
+    # It slept (no spinning), at most a minute at a time (the wall clock may jump).
+    assert len(waits) == 1 and waits[0] is not None and 0 < waits[0] <= 60
     app.close()
 
 
@@ -584,7 +675,12 @@ def _beat_process(
     beat_log.setLevel(logging.INFO)
     beat_log.addHandler(Collect())
     stopping = threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), stopping.set()), daemon=True).start()
+
+    def relay() -> None:
+        stop.wait()
+        stopping.set()
+
+    threading.Thread(target=relay, daemon=True).start()
     out.put(("ready", None))
     run_scheduler(app, stop=stopping)
     app.close()
@@ -625,13 +721,11 @@ def test_two_scheduler_processes_queue_each_tick_exactly_once(tmp_path: Path) ->
     consume(timeout=0)
     consumer.close()
 
-    # ... then each tick was queued exactly once, by exactly one of them, with no gaps.
+    # ... then each tick was queued exactly once, by exactly one of them.
     assert all(process.exitcode == 0 for process in processes)
     assert all(Counter(received)[i] == 1 for i in received), received
     by_process = [set(queued) for kind, queued in reports if kind == "queued"]
     assert len(by_process) == 2
     assert not by_process[0] & by_process[1]
     assert by_process[0] | by_process[1] == set(received)
-    ticks = sorted(int(i.rsplit(":", 1)[1]) for i in received)
-    assert ticks == list(range(ticks[0], ticks[-1] + 1))
-    assert len(ticks) >= 4
+    assert len(received) >= 3

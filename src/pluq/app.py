@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from pluq import message as msg
@@ -24,6 +24,7 @@ from pluq.task import Task
 
 if TYPE_CHECKING:
     from pluq import worker as _worker
+    from pluq.scheduler import Schedule
 
 __all__ = ["DEFAULT_BROKER", "App", "DeadTask", "Stats"]
 
@@ -154,6 +155,7 @@ class App:
         self.default_queue = default_queue
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
@@ -297,6 +299,30 @@ class App:
         if args:
             return register(args[0])
         return register
+
+    def periodic(
+        self,
+        *,
+        every: timedelta | float | None = None,
+        cron: str | None = None,
+        tz: str | tzinfo | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        **task_options: Any,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Run the decorated function as a task on a schedule: `every=` or `cron=`.
+
+        The schedules run wherever a scheduler runs (`pluq beat`, `pluq worker --beat`);
+        several schedulers at once queue each tick once. See `pluq.scheduler`.
+        """
+        from pluq.scheduler import periodic
+
+        return periodic(
+            self, every=every, cron=cron, tz=tz, name=name, queue=queue,
+            args=args, kwargs=kwargs, **task_options,
+        )  # fmt: skip
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
