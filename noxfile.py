@@ -1,10 +1,10 @@
 """Development sessions: tests, the contract kit per transport, lint, typecheck, faults, bench.
 
-    nox -s tests                 the whole suite (what CI runs)
-    nox -s contract              the transport contract kit, once per built-in transport
-    nox -s lint typecheck        ruff and mypy --strict
-    nox -s faults                the fault and bad-input suite alone
-    nox -s bench                 benchmarks side by side with the peers (see bench/)
+nox -s tests                 the whole suite (what CI runs)
+nox -s contract              the transport contract kit, once per built-in transport
+nox -s lint typecheck        ruff and mypy --strict
+nox -s faults                the fault and bad-input suite alone
+nox -s bench                 benchmarks side by side with the peers (see bench/)
 """
 
 from __future__ import annotations

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import uuid
 
 import pytest
 
 from pluq.backend import SUCCESS, TaskRecord
+from pluq.broker import Broker
 from pluq.errors import ConfigurationError
 from pluq.registry import open_backend, open_broker, transport_for
 
@@ -111,3 +113,38 @@ def test_reserve_wakes_a_waiting_thread_on_publish() -> None:
     broker.publish("q", b"m", id="1")
     thread.join(10)
     assert got == ["1"]
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_gets_fresh_locks() -> None:
+    # given a thread that holds the state's lock while the process forks
+    broker = open_broker(f"memory://{_name()}")
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with broker._state.cond:  # type: ignore[attr-defined]
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    context = multiprocessing.get_context("fork")
+    try:
+        assert holding.wait(10)
+        child = context.Process(target=_publish_in_child, args=(broker,))
+        child.start()
+        # then the child can still use the broker (the lock is not held there)
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    finally:
+        done.set()
+        thread.join(10)
+    assert child.exitcode == 0
+    assert broker.counts() == {}  # and nothing it did reached the parent
+
+
+def _publish_in_child(broker: Broker) -> None:
+    broker.publish("q", b"m", id="1")
+    assert broker.counts()["q"].ready == 1

@@ -12,13 +12,21 @@ import worker_tasks
 import pluq
 
 # The transports the worker suite runs on. Each URL gets a fresh namespace per test.
-WORKER_TRANSPORTS = ["memory://wt-{uid}", "file://{tmp}/queue?fsync=false"]
+WORKER_TRANSPORTS = [
+    "memory://wt-{uid}",
+    "file://{tmp}/queue?fsync=false",
+    "sqlite:///{tmp}/pluq.db",
+    "redis://{redis}/0?prefix=wt-{uid}:",
+]
 
 
 @pytest.fixture(params=WORKER_TRANSPORTS, ids=lambda url: url.split(":")[0])
 def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     template: str = request.param
-    return template.format(uid=uuid.uuid4().hex, tmp=tmp_path)
+    redis = ""
+    if "{redis}" in template:
+        redis = request.getfixturevalue("redis_server").address
+    return template.format(uid=uuid.uuid4().hex, tmp=tmp_path, redis=redis)
 
 
 @pytest.fixture

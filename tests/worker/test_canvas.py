@@ -50,7 +50,7 @@ def test_a_chord_calls_back_once_with_every_result(wapp: pluq.App, ledger: str) 
 def test_a_chord_with_a_failed_member_fails_with_an_error_naming_it(wapp: pluq.App) -> None:
     with wapp.worker(concurrency=2):
         result = pluq.chord([wt.add.s(1, 1), wt.div.s(1, 0)], wt.total.s())()
-        with pytest.raises(pluq.TaskError, match="chord member .* failed: ZeroDivisionError"):
+        with pytest.raises(pluq.TaskError, match=r"chord member .* failed: ZeroDivisionError"):
             result.get(timeout=60)
 
 

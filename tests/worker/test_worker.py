@@ -288,7 +288,7 @@ def test_every_start_method_runs_tasks(wapp: pluq.App, ledger: str, method: str)
 
 def test_a_worker_with_a_secret_refuses_unsigned_messages(wapp: pluq.App, ledger: str) -> None:
     # given a producer without the secret, on the same transport
-    producer = pluq.App(wapp.broker_url)
+    producer = pluq.App(wapp.broker_url, allow_unsigned_pickle=True)
     unsigned = producer.send_task("worker_tasks.canary", (ledger,))
     signer = pluq.App(wapp.broker_url, secret="wrong secret")
     forged = signer.send_task("worker_tasks.canary", (ledger,))

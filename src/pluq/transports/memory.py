@@ -36,6 +36,15 @@ Layout (per state, in memory):
     keeps its lease_id until the next reservation, so the old holder may still ack,
     release, dead-letter or extend it until someone else reserves it.
 
+    Records are kept as their JSON text (`TaskRecord.to_json`), like every other
+    transport stores them: a record another transport could not store fails here too,
+    and no caller can change a stored record by mutating its `meta`. Ids removed by
+    `purge` or `purge_dead` are forgotten (publishable again at once); cancelled and
+    acknowledged ones stay known for `dedupe_window` seconds.
+
+Threads: every operation holds its state's condition, so one instance may be shared by
+threads (reserve on one, ack on another) and several instances may share one state.
+
 Durability: none. Everything is lost when the process exits. A forked child gets a copy
 of the state and fresh locks (nothing shared with the parent afterwards).
 """

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["ChildSpec", "Resolver", "child_main", "join_job", "run_job", "split_job"]
 
 _FN_CACHE_SIZE = 64
+STOP = b""
+"""Sent to a child to end its loop after its current job."""
 
 
 @dataclass(slots=True)
@@ -231,11 +233,13 @@ def run_job(job: dict[str, Any], body: bytes, resolve: Resolver) -> dict[str, An
 
 
 def serve(conn: Connection, resolve: Resolver) -> None:
-    """Run jobs from `conn` until it closes; one JSON outcome back per job."""
+    """Run jobs from `conn` until it closes or says STOP; one JSON outcome back per job."""
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
+            return
+        if data == STOP:
             return
         job, body = split_job(data)
         outcome = run_job(job, body, resolve)
@@ -246,8 +250,13 @@ def serve(conn: Connection, resolve: Resolver) -> None:
             return
 
 
-def child_main(conn: Connection, spec: ChildSpec) -> None:
-    """Entry point of a child process."""
+def child_main(conn: Connection, spec: ChildSpec, inherited: tuple[int, ...] = ()) -> None:
+    """Entry point of a child process; `inherited` are fds of the parent's to close."""
+    for fd in inherited:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     # Ctrl-C reaches the whole process group; the supervisor decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -13,13 +13,13 @@ import signal
 import sys
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
 from pluq.errors import ConfigurationError
-from pluq.worker.child import ChildSpec, Resolver, child_main, serve
+from pluq.worker.child import STOP, ChildSpec, Resolver, child_main, serve
 
 __all__ = ["POOLS", "Slot", "default_start_method", "make_pool"]
 
@@ -93,19 +93,28 @@ class Slot:
 
 
 class ProcessSlot(Slot):
-    def __init__(self, index: int, ctx: Any, spec: ChildSpec) -> None:
+    def __init__(
+        self, index: int, ctx: Any, spec: ChildSpec, siblings: Callable[[], list[int]]
+    ) -> None:
         super().__init__(index)
         self.ctx = ctx
+        self.method = ctx.get_start_method()
         self.spec = spec
+        self.siblings = siblings
         self.process: Any = None
 
     def start(self) -> None:
         parent, child = multiprocessing.Pipe(duplex=True)
+        # A forked child inherits the supervisor's ends of every pipe, its own included;
+        # it closes them, so that it sees EOF (and exits) when the supervisor goes away.
+        inherited = (parent.fileno(), *self.siblings()) if self.method == "fork" else ()
         self.process = self.ctx.Process(
-            target=child_main, args=(child, self.spec), name=f"pluq-child-{self.index}"
+            target=child_main,
+            args=(child, self.spec, inherited),
+            name=f"pluq-child-{self.index}",
         )
         self.process.daemon = True
-        with _main_hidden(self.ctx.get_start_method()):
+        with _main_hidden(self.method):
             self.process.start()
         child.close()
         self.conn = parent
@@ -132,6 +141,11 @@ class ProcessSlot(Slot):
         self._close_conn()
 
     def close(self, timeout: float) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send_bytes(STOP)
+            except OSError:
+                pass
         self._close_conn()
         if self.process is not None:
             self.process.join(timeout)
@@ -194,7 +208,13 @@ def make_pool(
         if method == "forkserver":
             # Children forked from the server start with pluq already imported.
             ctx.set_forkserver_preload(["pluq.worker.child"])
-        return [ProcessSlot(i, ctx, spec) for i in range(concurrency)]
+        slots: list[Slot] = []
+
+        def siblings() -> list[int]:
+            return [s.conn.fileno() for s in slots if s.conn is not None]
+
+        slots.extend(ProcessSlot(i, ctx, spec, siblings) for i in range(concurrency))
+        return slots
     resolver = Resolver(spec)
     if pool == "threads":
         return [ThreadSlot(i, resolver) for i in range(concurrency)]
