@@ -20,14 +20,13 @@ R = TypeVar("R")
 class AsyncResult(Generic[R]):
     """The state and outcome of one task, by id.
 
-    Every property reads the backend afresh (a task moves on while you look), except
-    after the task is ready: a ready record never changes, so it is kept.
+    Every property reads the backend afresh: a task moves on while you look, and even a
+    failed one starts again when it is retried from the dead-letter queue.
     """
 
     def __init__(self, id: str, *, app: App) -> None:
         self.id = id
         self.app = app
-        self._ready_record: TaskRecord | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id} {self.state}>"
@@ -41,13 +40,9 @@ class AsyncResult(Generic[R]):
     # -- reading -------------------------------------------------------------------------
 
     def _record(self) -> TaskRecord | None:
-        if self._ready_record is not None:
-            return self._ready_record
         record = self.app.backend.get(self.id)
         if record is not None:
             self.app._verify_record(record)
-            if record.ready:
-                self._ready_record = record
         return record
 
     @property
@@ -144,7 +139,7 @@ class AsyncResult(Generic[R]):
             pluq.TaskRevokedError: the task was revoked or expired (with `propagate`).
             Exception: the task's own exception when it failed (with `propagate`).
         """
-        record = self._ready_record or self._wait(timeout, progress)
+        record = self._wait(timeout, progress)
         value = self._outcome(record)
         if propagate and record.state in (FAILURE, REVOKED):
             raise value
@@ -174,21 +169,19 @@ class AsyncResult(Generic[R]):
                 f"wait longer with get(timeout=...)"
             )
         self.app._verify_record(record)
-        self._ready_record = record
         return record
 
     # -- acting --------------------------------------------------------------------------
 
     def forget(self) -> None:
         """Delete the stored result (the task itself is not stopped)."""
-        self._ready_record = None
         self.app.backend.forget(self.id)
 
     def revoke(self, *, terminate: bool = False) -> None:
         """Cancel the task: one that has not started never starts.
 
-        With `terminate=True` a task already running is also stopped (its child process
-        is killed) by the worker running it.
+        A task already running finishes and records its outcome, unless `terminate=True`:
+        then the worker running it kills its child process within about a second (the
+        processes pool only; a thread cannot be killed) and the task stays REVOKED.
         """
         self.app._revoke(self.id, terminate=terminate)
-        self._ready_record = None

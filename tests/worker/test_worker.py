@@ -361,3 +361,17 @@ def test_sigterm_to_a_worker_process_drains_gracefully(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0
     assert out.split() == ["0", "SUCCESS", "2"]
+
+
+def test_revoke_with_terminate_kills_a_running_task(
+    wapp: pluq.App, tmp_path: Path, ledger: str
+) -> None:
+    never = tmp_path / "never"
+    with wapp.worker(concurrency=1):
+        running = wt.wait_for_file.delay(str(never), ledger)
+        wait_until(lambda: running.state == "STARTED", what="the task to start")
+        running.revoke(terminate=True)
+        assert wt.add.delay(1, 1).get(timeout=30) == 2  # the slot was freed and replaced
+    assert running.state == "REVOKED"
+    assert wt.executions(ledger, "finished") == 0
+    assert wapp.stats().queues["default"].total == 0

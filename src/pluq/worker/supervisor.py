@@ -16,6 +16,7 @@ small prefetch) and hands deliveries to the main loop, which
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["Supervisor"]
 
 log = logging.getLogger("pluq.worker")
+
+REVOKE_CHECK_INTERVAL = 1.0
+"""Seconds between checks for running tasks revoked with terminate=True."""
 
 POISON_LIMIT = 10
 """Lost deliveries after which a task with no retry limit is dead-lettered anyway."""
@@ -128,6 +132,7 @@ class Supervisor:
         self._fetcher: threading.Thread | None = None
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
+        self._next_revoke_check = 0.0
         self._demand = threading.Condition()
         self._stopping = False
 
@@ -797,6 +802,30 @@ class Supervisor:
         if now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + self.heartbeat_interval
+        if now >= self._next_revoke_check:
+            self._terminate_revoked()
+            self._next_revoke_check = now + REVOKE_CHECK_INTERVAL
+
+    def _terminate_revoked(self) -> None:
+        """Kill the children of running tasks revoked with `terminate=True`."""
+        running = [s for s in self.slots if s.busy is not None and s.pid is not None]
+        if not running:
+            return
+        try:
+            records = self.backend.get_many([s.busy.delivery.id for s in running])
+        except Exception as exc:
+            log.warning("could not check for revoked tasks (%s)", exc)
+            return
+        for slot, record in zip(running, records, strict=True):
+            if record is None or record.state != REVOKED or not record.meta.get("terminate"):
+                continue
+            held: Running = slot.busy
+            slot.busy = None
+            slot.kill()
+            slot.start()
+            self.processed += 1
+            log.warning("task %s[%s] revoked: terminated", held.header.task, held.header.id)
+            self._settle(held.delivery, functools.partial(self.broker.ack, held.delivery))
 
     def _renew_leases(self) -> None:
         soon = self.clock() + self.lease * 2 / 3
