@@ -44,8 +44,10 @@ def test_burst_worker_runs_the_queue_dry_and_logs_each_task(
         f"{name}.add",
     ):
         assert word in result.stderr, word
+    assert f"task {name}.add[{ok.id}] received (attempt 1)" in result.stderr
+    assert f"task {name}.add[{ok.id}] started" in result.stderr
     assert f"task {name}.add[{ok.id}] succeeded in" in result.stderr
-    assert f"task {name}.fail[{bad.id}] failed: ValueError: boom" in result.stderr
+    assert f"task {name}.fail[{bad.id}] failed, dead-lettered: ValueError: boom" in result.stderr
     assert f"task {name}.flaky[{flaky.id}] will retry in" in result.stderr
     assert "stopped (warm)" in result.stderr
     assert "Traceback" not in result.output
@@ -64,7 +66,11 @@ def test_json_logs_are_one_object_per_line(
     assert {"time", "level", "logger", "message", "pid"} <= set(records[0])
     [start] = [r for r in records if r["message"] == "worker starting"]
     assert start["broker"] == db_url and start["pool"] == "solo" and start["queues"] == ["default"]
-    [done] = [r for r in records if r.get("task_id") == ok.id]
+    about_ok = [r for r in records if r.get("task_id") == ok.id]
+    assert [r["message"].split("]")[1].split()[0] for r in about_ok] == [
+        "received", "started", "succeeded",
+    ]  # fmt: skip
+    done = about_ok[-1]
     assert done["task"] == f"{name}.add" and "succeeded" in done["message"]
     assert done["level"] == "INFO" and done["logger"] == "pluq.worker"
 

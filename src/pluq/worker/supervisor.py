@@ -389,6 +389,7 @@ class Supervisor:
         )
         held = Running(delivery, header, body, record)
         self.held[delivery.id] = held
+        log.info("task %s[%s] received (attempt %d)", header.task, header.id, delivery.attempt)
         if lost_now:
             held.header = header.evolve(lost=lost, seen=delivery.attempt - 1)
 
@@ -465,7 +466,7 @@ class Supervisor:
         slot.busy = held
         limit = self._time_limit(header)
         held.deadline = time.monotonic() + limit if limit else None
-        log.debug("task %s[%s] started (attempt %d)", header.task, header.id, held.delivery.attempt)
+        log.info("task %s[%s] started", header.task, header.id)
         if isinstance(slot, SoloSlot):
             outcome = run_job(job, held.body, slot.resolve)
             self._finish(slot, outcome)
@@ -596,7 +597,7 @@ class Supervisor:
             history=(*held.record.history, self._attempt(held, FAILURE, outcome)),
         )
         reason = f"{exc_type}: {exc_message}"
-        log.error("task %s[%s] failed: %s", held.header.task, held.header.id, reason)
+        log.error("task %s[%s] failed, dead-lettered: %s", held.header.task, held.header.id, reason)
         self._fail_downstream(held.header, record)
         # Back from the dead-letter queue it starts with a fresh retry budget.
         fresh = held.header.evolve(retries=0, seen=held.delivery.attempt, lost=0)
