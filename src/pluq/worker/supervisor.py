@@ -15,7 +15,6 @@ small prefetch) and hands deliveries to the main loop, which
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
@@ -32,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from pluq import message as msg
 from pluq._outcome import exception_name
 from pluq.backend import FAILURE, RETRY, REVOKED, STARTED, SUCCESS, Attempt, TaskRecord
-from pluq.broker import Delivery, Outgoing, WorkerInfo
-from pluq.canvas import CHORD_COUNTER, CHORD_MEMBER
+from pluq.broker import Delivery, WorkerInfo
 from pluq.errors import LeaseLost, MessageError, PluqError, SignatureError
 from pluq.worker.child import join_job, run_job
 from pluq.worker.pool import Slot, SoloSlot
+from pluq.worker.workflows import Workflows
 
 if TYPE_CHECKING:
     from pluq.app import App
@@ -109,6 +108,9 @@ class Supervisor:
         self.keys = app.keys
         self.clock = app.clock
         self.expires = app.result_expires
+        self.workflows = Workflows(
+            self.broker, self.backend, keys=self.keys, expires=self.expires, clock=self.clock
+        )
         self.slots = slots
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -319,7 +321,7 @@ class Supervisor:
             log.info("task %s already finished (%s); acking", header.id, existing.state)
             followups = existing.meta.get("followups", []) if existing.state == SUCCESS else []
             done = header if existing.state == SUCCESS else None
-            self._settle(delivery, lambda: self._after_success(delivery, done, followups))
+            self._settle(delivery, lambda: self._succeeded(delivery, done, followups))
             return
         if existing is not None and existing.state == REVOKED:
             log.info("task %s[%s] was revoked; dropping it", header.task, header.id)
@@ -457,7 +459,7 @@ class Supervisor:
         }
         members = header.meta.get("chord_members")
         if members is not None:
-            gathered = self._gather(members)
+            gathered = self.workflows.gather(members)
             if isinstance(gathered, str):
                 self._fail(held, "pluq.errors.TaskError", gathered, None)
                 return
@@ -540,7 +542,7 @@ class Supervisor:
         ms = (outcome["finished_at"] - outcome["started_at"]) * 1000
         log.info("task %s[%s] succeeded in %.1f ms", held.header.task, held.header.id, ms)
         self._store_then(
-            held, record, lambda: self._after_success(held.delivery, held.header, followups)
+            held, record, lambda: self._succeeded(held.delivery, held.header, followups)
         )
 
     def _retry(
@@ -598,7 +600,7 @@ class Supervisor:
         )
         reason = f"{exc_type}: {exc_message}"
         log.error("task %s[%s] failed, dead-lettered: %s", held.header.task, held.header.id, reason)
-        self._fail_downstream(held.header, record)
+        self.workflows.fail_downstream(held.header, record)
         # Back from the dead-letter queue it starts with a fresh retry budget.
         fresh = held.header.evolve(retries=0, seen=held.delivery.attempt, lost=0)
         data = msg.encode(fresh, held.body, self.keys) if held.body else None
@@ -658,99 +660,11 @@ class Supervisor:
             message = f"the task ran longer than its time_limit of {limit} s and was killed"
             self._fail(held, "pluq.errors.TimeLimitExceeded", message, None)
 
-    # -- workflows ---------------------------------------------------------------------
-
-    def _after_success(
+    def _succeeded(
         self, delivery: Delivery, header: msg.Header | None, followups: list[dict[str, Any]]
     ) -> None:
-        """Publish a chain's next step and count a chord member, then ack."""
-        if followups:
-            self.broker.publish_many(
-                [
-                    Outgoing(f["queue"], base64.b64decode(f["message"]), f["id"], f["not_before"])
-                    for f in followups
-                ]
-            )
-        if header is not None and "chord" in header.meta:
-            self._chord_member_done(header)
+        self.workflows.after_success(header, followups)
         self.broker.ack(delivery)
-
-    def _chord_member_done(self, header: msg.Header) -> None:
-        chord = header.meta["chord"]
-        callback_id, size = str(chord["id"]), int(chord["size"])
-        member_key = CHORD_MEMBER.format(id=callback_id, member=header.id)
-        first_time = self.backend.incr(member_key, expires=self.expires) == 1
-        counter = CHORD_COUNTER.format(id=callback_id)
-        count = self.backend.incr(counter, 1 if first_time else 0, expires=self.expires)
-        if count >= size:
-            self._release_chord(callback_id)
-        elif not first_time:
-            # A redelivery: a crash may have come between counting and releasing, so
-            # check the members themselves (the slow way, on this rare path only).
-            parked = self.backend.get(callback_id)
-            if parked is not None and "chord_message" in parked.meta:
-                members = self._parked_header(parked).meta.get("chord_members", [])
-                if not isinstance(self._gather(members), str):
-                    self._release_chord(callback_id)
-
-    @staticmethod
-    def _parked_header(parked: TaskRecord) -> msg.Header:
-        return msg.decode(base64.b64decode(parked.meta["chord_message"]))[0]
-
-    def _release_chord(self, callback_id: str) -> None:
-        parked = self.backend.get(callback_id)
-        if parked is None or parked.ready or "chord_message" not in parked.meta:
-            return  # released already (and running or done), or failed
-        message = base64.b64decode(parked.meta["chord_message"])
-        header = msg.decode(message)[0]
-        if self.broker.publish(header.queue, message, id=callback_id, not_before=header.eta):
-            log.info("chord %s complete: queued its callback %s", callback_id, header.task)
-
-    def _gather(self, member_ids: list[str]) -> list[list[Any]] | str:
-        """The members' stored results in order, or why the callback cannot run."""
-        records = self.backend.get_many(member_ids)
-        gathered = []
-        for member_id, record in zip(member_ids, records, strict=True):
-            if record is None or record.state != SUCCESS:
-                state = record.state if record is not None else "missing (expired?)"
-                return f"chord member {member_id} is {state}, not SUCCESS"
-            gathered.append([record.result, record.result_encoding])
-        return gathered
-
-    def _fail_downstream(self, header: msg.Header, failed: TaskRecord) -> None:
-        """A failed step fails the rest of its chain, and a failed member its chord."""
-        try:
-            for step_id in header.meta.get("chain", []):
-                downstream = TaskRecord(
-                    id=step_id,
-                    state=FAILURE,
-                    result=failed.result,
-                    result_encoding=failed.result_encoding,
-                    exc_type=failed.exc_type,
-                    exc_message=failed.exc_message,
-                    traceback=failed.traceback,
-                    finished_at=self.clock(),
-                    meta={"failed_step": header.id, "failed_task": header.task},
-                )
-                self.backend.put(msg.sign_record(downstream, self.keys), expires=self.expires)
-            chord = header.meta.get("chord")
-            if chord:
-                parked = self.backend.get(str(chord["id"]))
-                if parked is not None and not parked.ready:
-                    message = (
-                        f"chord member {header.id} ({header.task}) failed: "
-                        f"{failed.exc_type}: {failed.exc_message}"
-                    )
-                    record = parked.evolve(
-                        state=FAILURE,
-                        exc_type="pluq.errors.TaskError",
-                        exc_message=message,
-                        finished_at=self.clock(),
-                        meta={"failed_member": header.id},
-                    )
-                    self.backend.put(msg.sign_record(record, self.keys), expires=self.expires)
-        except Exception as exc:
-            log.error("could not fail the workflow after %s: %s", header.id, exc)
 
     # -- storing, then settling --------------------------------------------------------
 
