@@ -204,7 +204,12 @@ def _create_private_file(path: str) -> None:
         for directory in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(directory, 0o700)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # O_EXCL: never open (and so close) a database that exists. Closing any descriptor
+        # of a file drops every POSIX lock this process holds on it, SQLite's included,
+        # and another process may then checkpoint and delete the WAL under our feet.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        return
     except OSError as exc:
         raise ConfigurationError(
             f"cannot create or open the SQLite database {path} ({exc.strerror}); check that "
