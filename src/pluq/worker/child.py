@@ -250,6 +250,10 @@ def serve(conn: Connection, resolve: Resolver) -> None:
             return
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Ignore a signal meant for the supervisor."""
+
+
 def child_main(conn: Connection, spec: ChildSpec, inherited: tuple[int, ...] = ()) -> None:
     """Entry point of a child process; `inherited` are fds of the parent's to close."""
     for fd in inherited:
@@ -257,8 +261,10 @@ def child_main(conn: Connection, spec: ChildSpec, inherited: tuple[int, ...] = (
             os.close(fd)
         except OSError:
             pass
-    # Ctrl-C reaches the whole process group; the supervisor decides what it means.
+    # Ctrl-C and a group SIGTERM (systemd) reach every process of the group; the
+    # supervisor decides what they mean, and stops children itself (STOP, or SIGKILL).
+    # A handler rather than SIG_IGN, so that programs a task execs get the default back.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _ignore_signal)
     os.environ.setdefault("PLUQ_CHILD", "1")
     serve(conn, Resolver(spec))

@@ -207,7 +207,7 @@ def make_pool(
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
             # Children forked from the server start with pluq already imported.
-            ctx.set_forkserver_preload(["pluq.worker.child"])
+            ctx.set_forkserver_preload(["pluq.worker._forkserver", "pluq.worker.child"])
         slots: list[Slot] = []
 
         def siblings() -> list[int]:

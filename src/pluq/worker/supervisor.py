@@ -620,8 +620,8 @@ class Supervisor:
                 pass
         held: Running | None = slot.busy
         slot.busy = None
+        slot.kill()  # reaps it, so that its exit code is known
         code = slot.exitcode()
-        slot.kill()
         if self.hard_stop.is_set():
             if held is not None:
                 self.held.pop(held.delivery.id, None)
@@ -669,7 +669,25 @@ class Supervisor:
     # -- storing, then settling --------------------------------------------------------
 
     def _store_then(self, held: Running, record: TaskRecord, then: Callable[[], None]) -> None:
-        """Store the outcome, and only once it is stored, act on the message."""
+        """Store the outcome, and only once it is stored, act on the message.
+
+        The lease is renewed first: a worker that was stopped past its lease (SIGSTOP, a
+        long GC pause) must not overwrite the outcome of the worker that has it now.
+        """
+        try:
+            # Renewals keep a live worker's lease well ahead; one close to its end (or
+            # past it) means this worker was stopped: check before writing anything.
+            if held.lost_lease or held.delivery.lease_deadline - self.clock() < self.lease / 3:
+                held.delivery = self.broker.extend(held.delivery, lease=self.lease)
+        except LeaseLost:
+            log.warning(
+                "lease of %s was lost before its outcome was stored; dropping the outcome",
+                held.delivery.id,
+            )
+            self.held.pop(held.delivery.id, None)
+            return
+        except Exception as exc:  # the broker is down: store anyway; the ack will tell
+            log.warning("could not renew the lease of %s (%s)", held.delivery.id, exc)
         signed = msg.sign_record(record, self.keys)
         try:
             self.backend.put(signed, expires=self.expires)
@@ -823,10 +841,19 @@ class Supervisor:
             log.warning("could not release %s (%s); its lease will expire", held.delivery.id, exc)
 
     def _release_delivery(self, delivery: Delivery) -> None:
+        """Hand back a message this worker reserved but never admitted.
+
+        Only a message that verifies is re-encoded (re-signing an unverified one would let
+        it through next time); its lost deliveries are carried forward, so a poison pill
+        stays bounded across graceful restarts.
+        """
+        data: bytes | None = None
         try:
             header, body = msg.decode(delivery.message)
-            data: bytes | None = msg.encode(header.evolve(seen=delivery.attempt), body, self.keys)
-        except MessageError:
+            msg.verify(header, body, self.keys)
+            lost = header.lost + max(0, delivery.attempt - 1 - header.seen)
+            data = msg.encode(header.evolve(seen=delivery.attempt, lost=lost), body, self.keys)
+        except (MessageError, SignatureError):
             data = None
         try:
             self.broker.release(delivery, message=data)
