@@ -44,11 +44,38 @@ def faults(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "tests/faults", *session.posargs)
 
 
+BENCH_PEERS = [
+    "celery[redis]==5.7.0",
+    "rq==2.12.0",
+    "huey==3.5.4",
+    "dramatiq[redis]==2.2.1",
+    "redis==8.1.0",
+    "hiredis==3.5.0",
+    "py-spy==0.4.3",
+]
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pluq beside Celery, RQ, Huey and Dramatiq (pinned, installed in this session only).
+
+    nox -s bench                   10,000 tasks, 3 runs: bench/results/latest.md and .json
+    nox -s bench -- --quick        1,000 tasks, 1 run
+    nox -s bench -- profile        CPU per task and py-spy while pluq drains on Redis
+    """
+    session.install("-e", ".", *BENCH_PEERS)
+    if session.posargs[:1] == ["profile"]:
+        session.run("python", "-m", "bench.profile", *session.posargs[1:])
+    else:
+        session.run("python", "-m", "bench.run", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "transports", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "transports", "noxfile.py")
+    paths = ["src", "tests", "transports", "bench", "noxfile.py", "conftest.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
