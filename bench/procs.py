@@ -12,16 +12,17 @@ children count once per process, as `ps` and every peer's documentation count th
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# A worker whose driver dies (a crash, a Ctrl-C) gets SIGTERM instead of living on.
+from transports._servers import CAN_SIGNAL_ON_PARENT_DEATH, parent_death_signal
 
 __all__ = [
     "PeakSampler",
@@ -128,26 +129,6 @@ class PeakSampler:
         self.sample()  # the figure at the end counts too
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # A worker whose driver dies (a crash, a Ctrl-C) gets SIGTERM instead of living on.
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def kill_session(session: int) -> list[int]:
     """SIGKILL every live process of a session; the pids that were still there."""
     left = [s.pid for s in session_members(session)]
@@ -186,7 +167,7 @@ class SessionWorker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                preexec_fn=parent_death_signal if CAN_SIGNAL_ON_PARENT_DEATH else None,
             )
         self.session = self.process.pid
         if pid_file is not None:

@@ -80,9 +80,11 @@ def _load_prctl() -> Callable[..., int] | None:
 
 _PRCTL = _load_prctl()
 _PR_SET_PDEATHSIG = 1
+CAN_SIGNAL_ON_PARENT_DEATH = _PRCTL is not None
+"""Whether `parent_death_signal` works here (Linux)."""
 
 
-def _parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
+def parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
     # The server gets SIGTERM when the thread that started it exits, so that a test run
     # killed with SIGKILL (no atexit) does not leave a server behind.
     if _PRCTL is not None:
@@ -180,7 +182,9 @@ class RedisServer:
             start_new_session=True,
             # PDEATHSIG fires when the *thread* that forked exits: only tie the server's
             # life to the main thread, never to a short-lived helper thread.
-            preexec_fn=_parent_death_signal if in_main_thread and _PRCTL else None,
+            preexec_fn=parent_death_signal
+            if in_main_thread and CAN_SIGNAL_ON_PARENT_DEATH
+            else None,
         )
         with _live_lock:
             _live.add(self)

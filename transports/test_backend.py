@@ -19,6 +19,7 @@ from pluq.backend import (
     ResultBackend,
     TaskRecord,
 )
+from pluq.errors import SerializationError
 
 from . import _procs
 from ._clock import ManualClock
@@ -75,6 +76,14 @@ def full_record(task_id: str = "t1", state: str = FAILURE) -> TaskRecord:
 
 
 class BackendContract(ContractBase):
+    def test_a_record_that_is_not_json_is_refused_and_nothing_is_stored(
+        self, backend: ResultBackend
+    ) -> None:
+        record = TaskRecord(id="not-json", state=SUCCESS, meta={"bad": object()})
+        with pytest.raises(SerializationError, match="not JSON"):
+            backend.put(record, expires=HOUR)
+        assert backend.get("not-json") is None
+
     def test_put_then_get_roundtrips(self, backend: ResultBackend) -> None:
         record = full_record()
         backend.put(record, expires=HOUR)

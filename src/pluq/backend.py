@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final, Self
 
 from pluq.broker import Capabilities, Clock
+from pluq.errors import SerializationError
 
 __all__ = [
     "FAILURE",
@@ -114,8 +115,21 @@ class TaskRecord:
         values["meta"] = dict(data.get("meta") or {})
         return cls(**values)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    def to_json(self, extra: Mapping[str, Any] | None = None) -> str:
+        """The stored JSON form, with a transport's own `extra` fields (e.g. an expiry).
+
+        Raises SerializationError when a field (a result, a meta value) is not JSON.
+        """
+        data = self.to_dict()
+        if extra:
+            data.update(extra)
+        try:
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"the record of task {self.id!r} cannot be stored: it is not JSON ({exc}); "
+                f"encode results and meta values as JSON before putting them"
+            ) from exc
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TaskRecord:

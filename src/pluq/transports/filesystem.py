@@ -1167,14 +1167,7 @@ class FileBackend(ResultBackend):
 
     @_translated("store a result")
     def put(self, record: TaskRecord, *, expires: float) -> None:
-        try:
-            document = {**record.to_dict(), "expires_at": self.clock() + expires}
-            text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise TransportError(
-                f"the record of task {record.id!r} cannot be stored: it is not JSON ({exc}); "
-                f"encode results and meta values as JSON before putting them"
-            ) from exc
+        text = record.to_json({"expires_at": self.clock() + expires})
         self._fs.write(self._path(record.id), text.encode("utf-8", "surrogatepass"))
         self._fs.sync_dir(self._fs.path("results"))
         _process.wakeup(self.root).notify()

@@ -75,7 +75,7 @@ from pluq.broker import (
     QueueCounts,
     WorkerInfo,
 )
-from pluq.errors import ConfigurationError, LeaseLost, TransportError
+from pluq.errors import ConfigurationError, LeaseLost
 from pluq.registry import URL
 
 __all__ = ["MemoryBackend", "MemoryBroker", "MemoryTransport"]
@@ -549,13 +549,7 @@ class MemoryBackend(ResultBackend):
     def put(self, record: TaskRecord, *, expires: float) -> None:
         # Stored as JSON, like every other transport, so a record that another transport
         # could not store fails here too, and no caller can mutate a stored record.
-        try:
-            text = record.to_json()
-        except (TypeError, ValueError) as exc:
-            raise TransportError(
-                f"the record of task {record.id!r} cannot be stored: it is not JSON ({exc}); "
-                f"encode results and meta values as JSON before putting them"
-            ) from exc
+        text = record.to_json()
         with self._state.cond:
             self._state.records[record.id] = (text, self.clock() + expires)
             if record.ready:

@@ -584,12 +584,11 @@ class RedisBackend(ResultBackend):
         if math.isfinite(expires) and expires <= 0:
             pipe.delete(key, notify)  # already expired: as if it were put and gone
         else:
-            text = record.to_json()
             ttl_ms = math.ceil(expires * 1000) if math.isfinite(expires) else None
-            if ttl_ms is not None:
-                # The expiry on the client's clock, so that tests with a fake clock see it;
-                # the server TTL frees the memory.
-                text = f'{text[:-1]},"_expires_at":{self.clock() + expires!r}}}'
+            # The expiry on the client's clock, so that tests with a fake clock see it;
+            # the server TTL frees the memory.
+            extra = {"_expires_at": self.clock() + expires} if ttl_ms is not None else None
+            text = record.to_json(extra)
             pipe.set(key, text, px=ttl_ms)
             pipe.delete(notify)
             if record.ready:

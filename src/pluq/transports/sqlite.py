@@ -1088,13 +1088,7 @@ class SqliteBackend(ResultBackend):
         ]
 
     def put(self, record: TaskRecord, *, expires: float) -> None:
-        try:
-            text = record.to_json()
-        except (TypeError, ValueError) as exc:
-            raise TransportError(
-                f"the record of task {record.id!r} cannot be stored: it is not JSON ({exc}); "
-                f"encode results and meta values as JSON before putting them"
-            ) from exc
+        text = record.to_json()
 
         def put(conn: sqlite3.Connection) -> bool:
             now = self.clock()
