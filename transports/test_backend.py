@@ -302,6 +302,93 @@ class BackendContract(ContractBase):
         backend.forget("k")
         assert backend.incr("k", expires=HOUR) == 2
 
+    def test_put_many_roundtrips_every_record(self, backend: ResultBackend) -> None:
+        records = [
+            full_record("with/slash", state=SUCCESS),
+            TaskRecord(id="minimal"),
+            full_record("ünïcode-✓", state=FAILURE),
+            TaskRecord(id="started", state=STARTED, worker="w1", retries=1),
+        ]
+        backend.put_many(records, expires=HOUR)
+        assert backend.get_many([r.id for r in records]) == records
+        assert [backend.get(r.id) for r in records] == records
+
+    def test_put_many_stores_records_in_order(self, backend: ResultBackend) -> None:
+        # given a batch that holds two records of one id, then the later one is kept
+        started = TaskRecord(id="t1", state=STARTED, worker="w1")
+        final = TaskRecord(id="t1", state=SUCCESS, result=42, result_encoding="json")
+        backend.put_many([started, final], expires=HOUR)
+        assert backend.get("t1") == final
+        backend.put_many([final, started], expires=HOUR)
+        assert backend.get("t1") == started
+        assert backend.wait("t1", timeout=0) is None
+
+    def test_put_many_of_nothing_stores_nothing(self, backend: ResultBackend) -> None:
+        backend.put(full_record("t1"), expires=HOUR)
+        backend.put_many([], expires=HOUR)
+        assert backend.get("t1") == full_record("t1")
+
+    def test_put_many_refuses_a_record_that_is_not_json(self, backend: ResultBackend) -> None:
+        bad = TaskRecord(id="not-json", state=SUCCESS, meta={"bad": object()})
+        with pytest.raises(SerializationError, match="not JSON"):
+            backend.put_many([TaskRecord(id="fine", state=SUCCESS), bad], expires=HOUR)
+        assert backend.get("not-json") is None
+
+    def test_put_many_respects_expiry(self, backend: ResultBackend, clock: ManualClock) -> None:
+        # given a batch kept for 10 s, and a batch that replaces an hour-long record
+        backend.put(full_record("refreshed"), expires=HOUR)
+        backend.put_many([full_record("short"), full_record("refreshed")], expires=10)
+        backend.put_many([full_record("long")], expires=HOUR)
+        clock.advance(9.5)
+        assert backend.get_many(["short", "refreshed"]) == [
+            full_record("short"),
+            full_record("refreshed"),
+        ]
+        # when 10 s have passed, then the whole batch is gone and the other is kept
+        clock.advance(1)
+        assert backend.get_many(["short", "refreshed", "long"]) == [None, None, full_record("long")]
+        assert backend.wait("short", timeout=0) is None
+        # a batch that expires at once stores nothing that can be read
+        backend.put_many([full_record("long"), full_record("gone")], expires=0)
+        assert backend.get_many(["long", "gone"]) == [None, None]
+
+    def test_put_many_wakes_wait_for_ready_records(
+        self, backend: ResultBackend, report: Callable[[str, float, str], None]
+    ) -> None:
+        # given a waiter blocked on a running task
+        backend.put(TaskRecord(id="t2", state=STARTED), expires=HOUR)
+        record = full_record("t2", state=SUCCESS)
+        result: dict[str, object] = {}
+        waiting = threading.Event()
+
+        def wait() -> None:
+            waiting.set()
+            result["record"] = backend.wait("t2", timeout=30)
+            result["woke_at"] = time.monotonic()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        try:
+            assert waiting.wait(30)
+            threading.Event().wait(0.3)  # let the waiter settle into its wait
+            # when a batch puts it ready, among records that are not ready
+            put_at = time.monotonic()
+            batch = [TaskRecord(id="t1", state=STARTED), record, TaskRecord(id="t3")]
+            backend.put_many(batch, expires=HOUR)
+        finally:
+            thread.join(60)
+        # then the waiter wakes with it, and the records that are not ready do not count
+        assert result["record"] == record
+        latency = float(result["woke_at"]) - put_at  # type: ignore[arg-type]
+        report("put_many_wait_latency_ms", latency * 1000, "ms")
+        assert latency < WAKE_BOUND
+        assert backend.wait("t1", timeout=0) is None
+
+    def test_put_many_stores_a_batch_larger_than_any_chunk(self, backend: ResultBackend) -> None:
+        records = [TaskRecord(id=f"t{i}", state=SUCCESS, result=i) for i in range(1100)]
+        backend.put_many(records, expires=HOUR)
+        assert backend.get_many([r.id for r in records]) == records
+
 
 class TestBackend(BackendContract):
     pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pluq.broker import Broker, Delivery, QueueCounts
+from pluq.broker import Broker, Delivery, Outgoing, QueueCounts
 from pluq.errors import LeaseLost
 
 from ._clock import ManualClock
@@ -166,6 +166,65 @@ class LeaseContract(ContractBase):
         assert (again.id, again.attempt) == ("short", 2)
         assert short.lease_id != again.lease_id
         assert broker.counts(["q"])["q"] == QueueCounts(leased=2)
+
+    def test_ack_many_acks_every_delivery(self, broker: Broker, clock: ManualClock) -> None:
+        # given leased messages on two queues
+        for i in range(3):
+            broker.publish("q", b"m", id=f"q-{i}")
+            broker.publish("other", b"m", id=f"other-{i}")
+        deliveries = broker.reserve(["q"], timeout=0, lease=LEASE, limit=3)
+        deliveries += broker.reserve(["other"], timeout=0, lease=LEASE, limit=3)
+        assert len(deliveries) == 6
+        # when they are acked in one batch, then each is acked
+        assert broker.ack_many(deliveries) == [True] * 6
+        assert broker.counts(["q", "other"]) == {"q": QueueCounts(), "other": QueueCounts()}
+        # and they never come back: not after their leases end, not when published again
+        clock.advance(LEASE + 1)
+        assert broker.reserve(["q", "other"], timeout=0, lease=LEASE, limit=10) == []
+        assert broker.publish("q", b"m", id="q-0") is False
+        # acking them again reports each lease lost, and never raises
+        assert broker.ack_many(deliveries) == [False] * 6
+
+    def test_ack_many_reports_a_stale_lease_and_acks_the_rest(
+        self, broker: Broker, clock: ManualClock
+    ) -> None:
+        # given a lease that expired and was taken by another reservation, and two current
+        broker.publish("q", b"m", id="stale")
+        stale = reserve_one(broker, lease=5)
+        broker.publish("q", b"m", id="b")
+        broker.publish("q", b"m", id="c")
+        b, c = broker.reserve(["q"], timeout=0, lease=50, limit=2)
+        clock.advance(6)
+        current = reserve_one(broker)
+        assert (current.id, current.attempt) == ("stale", 2)
+        # when the batch holds the stale lease, then only that one is refused
+        assert broker.ack_many([b, stale, c]) == [True, False, True]
+        assert broker.counts(["q"])["q"] == QueueCounts(leased=1)
+        # and the current holder still owns its message
+        broker.ack(current)
+        assert broker.counts(["q"])["q"] == QueueCounts()
+
+    def test_ack_many_settles_a_delivery_once_per_lease(self, broker: Broker) -> None:
+        broker.publish("q", b"m", id="m1")
+        delivery = reserve_one(broker)
+        assert broker.ack_many([delivery, delivery]) == [True, False]
+
+    def test_ack_many_of_nothing_is_an_empty_list(self, broker: Broker) -> None:
+        broker.publish("q", b"m", id="m1")
+        assert broker.ack_many([]) == []
+        assert broker.counts(["q"])["q"] == QueueCounts(ready=1)
+
+    def test_ack_many_acks_a_batch_larger_than_any_chunk(self, broker: Broker) -> None:
+        count = 1100  # transports that chunk their round trips split this several times
+        broker.publish_many(Outgoing("q", b"m", f"m{i}") for i in range(count))
+        deliveries: list[Delivery] = []
+        while batch := broker.reserve(["q"], timeout=0, lease=LEASE, limit=count):
+            deliveries += batch
+        assert len(deliveries) == count
+        stale = deliveries[700]
+        broker.ack(stale)
+        assert broker.ack_many(deliveries) == [i != 700 for i in range(count)]
+        assert broker.counts(["q"])["q"] == QueueCounts()
 
 
 class TestLease(LeaseContract):

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
 
+from pluq.errors import LeaseLost
+
 __all__ = [
     "Broker",
     "Capabilities",
@@ -210,6 +212,25 @@ class Broker(abc.ABC):
         Raises `LeaseLost` if the lease expired and another reservation took the message
         (or it was already acked by this lease).
         """
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Ack several messages at once: one bool per delivery, True when it was acked,
+        False where `ack` would have raised `LeaseLost` (this never raises it).
+
+        Transports override this to settle a whole batch in one round trip or transaction;
+        the guarantees are `ack`'s, delivery by delivery. Any other error (the broker is
+        unreachable) raises, and then any subset may have been acked: acking again reports
+        False for those.
+        """
+        done: list[bool] = []
+        for delivery in deliveries:
+            try:
+                self.ack(delivery)
+            except LeaseLost:
+                done.append(False)
+            else:
+                done.append(True)
+        return done
 
     @abc.abstractmethod
     def release(

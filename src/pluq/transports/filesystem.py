@@ -69,9 +69,10 @@ strictly ordered; messages that became ready in the same microsecond in differen
 processes are ordered by id. An expired lease goes back at its deadline's place.
 
 Durability (fsync=true): a publish fsyncs the message file before the rename and the
-folder after it, before returning True; results and counters likewise. Heartbeats,
-claims, acks and moves are not flushed: after a power loss they may be undone, which
-redelivers a message (at-least-once), never loses one. A process that dies half-way
+folder after it, before returning True; results and counters likewise (`publish_many`
+and `put_many` fsync each file, and the folder once per batch). Heartbeats, claims, acks
+and moves are not flushed: after a power loss they may be undone, which redelivers a
+message (at-least-once), never loses one. A process that dies half-way
 through any operation leaves a state that heals by itself: a message rewritten for release
 or dead_letter is pinned under a private lease that expires; an index entry whose
 tombstone expired is cleared by the next publisher of that id; an index entry left by a
@@ -1169,6 +1170,19 @@ class FileBackend(ResultBackend):
     def put(self, record: TaskRecord, *, expires: float) -> None:
         text = record.to_json({"expires_at": self.clock() + expires})
         self._fs.write(self._path(record.id), text.encode("utf-8", "surrogatepass"))
+        self._fs.sync_dir(self._fs.path("results"))
+        _process.wakeup(self.root).notify()
+
+    @_translated("store results")
+    def put_many(self, records: Sequence[TaskRecord], *, expires: float) -> None:
+        if not records:
+            return
+        extra = {"expires_at": self.clock() + expires}
+        # All encoded before any is written; then one folder fsync and one wake-up for the
+        # batch instead of one per record (each file is still fsynced before its rename).
+        texts = [record.to_json(extra) for record in records]
+        for record, text in zip(records, texts, strict=True):
+            self._fs.write(self._path(record.id), text.encode("utf-8", "surrogatepass"))
         self._fs.sync_dir(self._fs.path("results"))
         _process.wakeup(self.root).notify()
 

@@ -377,6 +377,21 @@ class MemoryBroker(Broker):
             del self._state.messages[msg.id]
             self._mark_done(msg.id, self._clock())
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        done: list[bool] = []
+        with self._state.cond:
+            now = self._clock()
+            for delivery in deliveries:
+                try:
+                    msg = self._held(delivery)
+                except LeaseLost:
+                    done.append(False)
+                    continue
+                del self._state.messages[msg.id]
+                self._mark_done(msg.id, now)
+                done.append(True)
+        return done
+
     def release(
         self, delivery: Delivery, *, not_before: float | None = None, message: bytes | None = None
     ) -> None:
@@ -553,6 +568,15 @@ class MemoryBackend(ResultBackend):
         with self._state.cond:
             self._state.records[record.id] = (text, self.clock() + expires)
             if record.ready:
+                self._state.cond.notify_all()
+
+    def put_many(self, records: Sequence[TaskRecord], *, expires: float) -> None:
+        texts = [record.to_json() for record in records]  # all encoded before any is stored
+        with self._state.cond:
+            expires_at = self.clock() + expires
+            for record, text in zip(records, texts, strict=True):
+                self._state.records[record.id] = (text, expires_at)
+            if any(record.ready for record in records):
                 self._state.cond.notify_all()
 
     def forget(self, task_id: str) -> bool:

@@ -7,7 +7,8 @@ Features:
     - A claim is one indexed ``UPDATE ... RETURNING`` inside ``BEGIN IMMEDIATE``: a message
       is never only in a worker's memory. Delayed messages that came due and expired leases
       become ready in the same transaction, so no daemon is needed. Needs SQLite 3.35 or
-      newer (``sqlite3.sqlite_version``) for ``RETURNING``.
+      newer (``sqlite3.sqlite_version``) for ``RETURNING``. ``publish_many``,
+      ``ack_many`` and ``put_many`` each write their whole batch in one transaction.
     - ``reserve`` and ``ResultBackend.wait`` wait adaptively: they read ``PRAGMA
       data_version`` (a cheap read that changes when another connection commits) after 1 ms,
       then less and less often (x1.5 each time, at most every 50 ms) while nothing changes,
@@ -901,6 +902,33 @@ class SqliteBroker(Broker):
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_EVERY
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        if not deliveries:
+            return []
+
+        def ack(conn: sqlite3.Connection) -> list[bool]:
+            # One statement per delivery (executemany would sum the rowcounts), all in one
+            # transaction: one lock and one commit for the batch.
+            now = self._clock()
+            forget_at = now + self._db.dedupe_window
+            done = [
+                conn.execute(
+                    self._sql.ack,
+                    {"id": d.id, "lease_id": d.lease_id, "forget_at": forget_at},
+                ).rowcount
+                > 0
+                for d in deliveries
+            ]
+            if now >= self._next_sweep:
+                conn.execute(self._sql.sweep_done, (now,))
+            return done
+
+        done = self._db.run(ack, write=True)
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_EVERY
+        return done
+
     def release(
         self, delivery: Delivery, *, not_before: float | None = None, message: bytes | None = None
     ) -> None:
@@ -1088,21 +1116,20 @@ class SqliteBackend(ResultBackend):
         ]
 
     def put(self, record: TaskRecord, *, expires: float) -> None:
-        text = record.to_json()
+        self.put_many([record], expires=expires)
+
+    def put_many(self, records: Sequence[TaskRecord], *, expires: float) -> None:
+        if not records:
+            return
+        texts = [record.to_json() for record in records]  # all encoded before any is stored
 
         def put(conn: sqlite3.Connection) -> bool:
             now = self.clock()
-            row = (
-                record.id,
-                record.state,
-                record.task,
-                record.queue,
-                record.retries,
-                now,
-                now + expires,
-                text,
-            )
-            conn.execute(self._sql.put, row)
+            rows = [
+                (r.id, r.state, r.task, r.queue, r.retries, now, now + expires, text)
+                for r, text in zip(records, texts, strict=True)
+            ]
+            conn.executemany(self._sql.put, rows)  # in order: a later put of an id wins
             if now < self._next_sweep:
                 return False
             conn.execute(self._sql.sweep_results, (now,))
@@ -1111,7 +1138,7 @@ class SqliteBackend(ResultBackend):
 
         if self._db.run(put, write=True):
             self._next_sweep = self.clock() + _SWEEP_EVERY
-        if record.ready:
+        if any(record.ready for record in records):
             self._db.notify()
 
     def forget(self, task_id: str) -> bool:
