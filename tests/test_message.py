@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +13,8 @@ from hypothesis import strategies as st
 
 import pluq
 from pluq import message as msg
-from pluq.backend import TaskRecord
+from pluq.backend import Attempt, TaskRecord
+from pluq.serializers import get_serializer
 
 KEYS = (b"k1",)
 
@@ -128,3 +132,215 @@ def test_records_are_signed_and_verified() -> None:
 def test_a_record_survives_its_json_form() -> None:
     record = TaskRecord(id="t", state="RETRY", retries=2, meta={"a": [1]})
     assert TaskRecord.from_json(record.to_json()) == record
+
+
+# -- the bytes are stable: messages and records stored by an earlier pluq must still verify
+
+
+def pinned_header() -> msg.Header:
+    return msg.Header(
+        id="5f0c9e1b2a3d4c5e6f708192a3b4c5d6",
+        task="tutorial.add",
+        queue="default",
+        serializer="cloudpickle",
+        retries=1,
+        max_retries=3,
+        eta=1700000000.5,
+        created=1699999999.25,
+        seen=2,
+        lost=1,
+        meta={"zeta": {"y": 1, "x": "café"}, "chain": ["b", "a"]},
+    )
+
+
+# Written by pluq before the producer path was rewritten (dataclasses.asdict + json.dumps).
+PINNED_CANONICAL = (
+    b'{"by_value":false,"created":1699999999.25,"eta":1700000000.5,"expires":null,'
+    b'"id":"5f0c9e1b2a3d4c5e6f708192a3b4c5d6","lost":1,"max_retries":3,'
+    b'"meta":{"chain":["b","a"],"zeta":{"x":"caf\\u00e9","y":1}},"queue":"default",'
+    b'"retries":1,"seen":2,"serializer":"cloudpickle","task":"tutorial.add","v":1}'
+)
+PINNED_SIG = "4e1c63ca6c229d5665fda14e2629f50b6cd5b5e8e948a90ca77ca37d40612089"
+PINNED_WIRE_HEAD = (
+    b'{"id":"5f0c9e1b2a3d4c5e6f708192a3b4c5d6","task":"tutorial.add","queue":"default",'
+    b'"serializer":"cloudpickle","retries":1,"max_retries":3,"eta":1700000000.5,'
+    b'"expires":null,"created":1699999999.25,"by_value":false,"seen":2,"lost":1,'
+    b'"meta":{"zeta":{"y":1,"x":"caf\xc3\xa9"},"chain":["b","a"]},"sig":%s,"v":1}'
+)
+
+
+def test_the_canonical_header_bytes_are_those_of_earlier_versions() -> None:
+    assert pinned_header().canonical() == PINNED_CANONICAL
+
+
+def test_the_wire_bytes_and_signature_are_those_of_earlier_versions() -> None:
+    body = b"\x80body\n"
+    signed = msg.encode(pinned_header(), body, (b"k1", b"k0"))
+    assert signed == PINNED_WIRE_HEAD % f'"{PINNED_SIG}"'.encode() + b"\n" + body
+    assert msg.encode(pinned_header(), body) == PINNED_WIRE_HEAD % b"null" + b"\n" + body
+    assert msg.sign(pinned_header(), body, (b"k1",)).sig == PINNED_SIG
+    decoded, rest = msg.decode(signed)
+    msg.verify(decoded, rest, (b"k0", b"k1"))
+    assert decoded == pinned_header().evolve(sig=PINNED_SIG)
+
+
+def pinned_record() -> TaskRecord:
+    return TaskRecord(
+        id="t1",
+        state="FAILURE",
+        task="tutorial.add",
+        queue="default",
+        result="b64==",
+        result_encoding="cloudpickle",
+        result_repr="ValueError('né')",
+        exc_type="ValueError",
+        exc_message="né",
+        traceback="Traceback...",
+        retries=1,
+        history=(
+            Attempt(
+                number=1, state="RETRY", exc_type="KeyError", started_at=1.5, finished_at=2.5,
+                worker="w@h",
+            ),
+            Attempt(
+                number=2, state="FAILURE", exc_type="ValueError", exc_message="né",
+                started_at=3.0, finished_at=4.0, worker="w@h",
+            ),
+        ),
+        worker="w@h",
+        created_at=1.0,
+        started_at=3.0,
+        finished_at=4.0,
+        meta={"b": [1, 2], "a": {"d": None, "c": True}},
+    )  # fmt: skip
+
+
+def test_a_record_signs_and_stores_the_bytes_of_earlier_versions() -> None:
+    record = pinned_record()
+    assert record.signing_payload() == (
+        b'{"created_at":1.0,"exc_message":"n\\u00e9","exc_type":"ValueError","finished_at":4.0,'
+        b'"history":[{"exc_message":null,"exc_type":"KeyError","finished_at":2.5,"number":1,'
+        b'"started_at":1.5,"state":"RETRY","traceback":null,"worker":"w@h"},'
+        b'{"exc_message":"n\\u00e9","exc_type":"ValueError","finished_at":4.0,"number":2,'
+        b'"started_at":3.0,"state":"FAILURE","traceback":null,"worker":"w@h"}],"id":"t1",'
+        b'"meta":{"a":{"c":true,"d":null},"b":[1,2]},"queue":"default","result":"b64==",'
+        b'"result_encoding":"cloudpickle","result_repr":"ValueError(\'n\\u00e9\')","retries":1,'
+        b'"started_at":3.0,"state":"FAILURE","task":"tutorial.add","traceback":"Traceback...",'
+        b'"worker":"w@h"}'
+    )
+    signed = msg.sign_record(record, KEYS)
+    sig = "459266076d5ab915e7ac17a48bd1a6b98a9a179275e4cd36f20f80556136ea22"
+    assert signed == record.evolve(signature=sig)
+    assert signed.to_json({"expires_at": 99.5}) == (
+        '{"id":"t1","state":"FAILURE","task":"tutorial.add","queue":"default","result":"b64==",'
+        '"result_encoding":"cloudpickle","result_repr":"ValueError(\'né\')",'
+        '"exc_type":"ValueError","exc_message":"né","traceback":"Traceback...","retries":1,'
+        '"history":[{"number":1,"state":"RETRY","exc_type":"KeyError","exc_message":null,'
+        '"traceback":null,"started_at":1.5,"finished_at":2.5,"worker":"w@h"},{"number":2,'
+        '"state":"FAILURE","exc_type":"ValueError","exc_message":"né","traceback":null,'
+        '"started_at":3.0,"finished_at":4.0,"worker":"w@h"}],"worker":"w@h","created_at":1.0,'
+        '"started_at":3.0,"finished_at":4.0,"meta":{"b":[1,2],"a":{"d":null,"c":true}},'
+        f'"signature":"{sig}","expires_at":99.5}}'
+    )
+    assert TaskRecord.from_json(signed.to_json()) == signed
+    msg.verify_record(TaskRecord.from_json(signed.to_json()), KEYS)
+
+
+def test_evolving_a_record_or_header_changes_only_the_fields_given() -> None:
+    record = pinned_record()
+    assert record.evolve(state="SUCCESS", retries=4) == dataclasses.replace(
+        record, state="SUCCESS", retries=4
+    )
+    header = pinned_header()
+    assert header.evolve(retries=7, sig="s") == dataclasses.replace(header, retries=7, sig="s")
+    with pytest.raises(TypeError):
+        record.evolve(colour="red")
+    with pytest.raises(TypeError):
+        header.evolve(colour="red")
+
+
+def test_a_record_dict_holds_every_field_and_the_history_as_dicts() -> None:
+    record = pinned_record()
+    data = record.to_dict()
+    assert list(data) == [f.name for f in dataclasses.fields(TaskRecord)]
+    assert data["history"] == [dataclasses.asdict(a) for a in record.history]
+    assert data == {**dataclasses.asdict(record), "history": data["history"]}
+
+
+# -- pack and Packer: two ways to the same bytes
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+pickled_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text() | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    now=st.floats() | st.integers(min_value=0, max_value=2**40),
+    task_id=st.none() | st.text(),
+    task=st.text(),
+    queue=st.text(),
+    keys=st.sampled_from([(), (b"k1",), (b"k2", b"k1")]),
+    serializer=st.sampled_from(["cloudpickle", "json"]),
+    max_retries=st.none() | st.integers(min_value=0, max_value=10),
+    not_before=st.none() | st.floats(),
+    expires=st.none() | st.floats(),
+    meta=st.none() | st.dictionaries(st.text(), json_values, max_size=2),
+)
+def test_a_packer_builds_the_bytes_pack_builds(
+    data: st.DataObject, now: float, task_id: str | None, task: str, queue: str,
+    keys: tuple[bytes, ...], serializer: str, max_retries: int | None,
+    not_before: float | None, expires: float | None, meta: dict[str, object] | None,
+) -> None:  # fmt: skip
+    values = json_values if serializer == "json" else pickled_values
+    args = data.draw(st.lists(values, max_size=3))
+    kwargs = data.draw(st.dictionaries(st.text(), values, max_size=2))
+    fn = None if serializer == "json" else data.draw(st.none() | st.binary(max_size=10))
+    options: dict[str, Any] = dict(
+        task=task, queue=queue, serializer=get_serializer(serializer), keys=keys,
+        max_retries=max_retries, not_before=not_before, expires=expires, fn=fn, meta=meta,
+    )  # fmt: skip
+    out = msg.Packer(**options).pack(args, kwargs, now, task_id)
+    assert out.id == (task_id or out.id)
+    assert out == msg.pack(args=args, kwargs=kwargs, now=now, task_id=out.id, **options)
+
+
+@pytest.mark.parametrize("keys", [(), KEYS])
+def test_a_packed_message_reads_back_and_encodes_to_the_same_bytes(
+    keys: tuple[bytes, ...],
+) -> None:
+    out = msg.pack(
+        task="mod.add", args=(1, "é"), kwargs={"k": [2]}, queue="q",
+        serializer=get_serializer("cloudpickle"), keys=keys, now=1700000000.123,
+        not_before=1700000005.0, expires=1700000060.0, max_retries=None, fn=b"fn",
+        link=[{"id": "next", "task": "mod.mul"}], meta={"z": 1, "time_limit": 5.0},
+    )  # fmt: skip
+    header, body = msg.decode(out.message)
+    msg.verify(header, body, keys)
+    assert msg.encode(header, body, keys) == out.message
+    assert header.meta == {"z": 1, "time_limit": 5.0, "chain": ["next"]}
+    assert (header.by_value, header.max_retries, header.eta) == (True, None, 1700000005.0)
+    assert get_serializer("cloudpickle").loads(body)["link"] == [{"id": "next", "task": "mod.mul"}]
+
+
+def test_new_task_ids_are_random_uuid4_hex() -> None:
+    ids = {msg.pack(task="t", args=(), kwargs={}, queue="q", serializer=get_serializer("json"),
+                    keys=(), now=0.0).id for _ in range(200)}  # fmt: skip
+    packer = msg.Packer(task="t", queue="q", serializer=get_serializer("json"), keys=())
+    ids |= {packer.pack((), {}, 0.0).id for _ in range(200)}
+    assert len(ids) == 400
+    for task_id in ids:
+        assert uuid.UUID(task_id).hex == task_id
+        assert uuid.UUID(task_id).version == 4 and uuid.UUID(task_id).variant == uuid.RFC_4122

@@ -17,7 +17,7 @@ from pluq import message as msg
 from pluq.backend import READY_STATES, REVOKED, ResultBackend, TaskRecord
 from pluq.broker import Broker, Outgoing, QueueCounts, WorkerInfo
 from pluq.errors import ConfigurationError, MessageError, NotRegistered
-from pluq.registry import URL, open_backend, open_broker, transport_for
+from pluq.registry import URL, check_url, open_backend, open_broker, transport_for
 from pluq.result import AsyncResult
 from pluq.serializers import get_serializer
 from pluq.task import Task
@@ -35,6 +35,7 @@ DEFAULT_BROKER = "sqlite:///pluq.db"
 DEFAULT_QUEUE = "default"
 ONE_DAY = 86_400.0
 _PUBLISH_BATCH = 500
+_PACKER_CACHE = 256
 
 _apps: weakref.WeakSet[App] = weakref.WeakSet()
 
@@ -115,6 +116,23 @@ def _seconds(value: datetime | float | None, *, now: float, relative: bool) -> f
     return now + float(value) if relative else float(value)
 
 
+def _times(
+    now: float,
+    countdown: float | None,
+    eta: datetime | float | None,
+    expires: datetime | float | None,
+) -> tuple[float | None, float | None]:
+    """The absolute not-before and expiry times of a message queued at `now`."""
+    if countdown is not None and eta is not None:
+        raise ConfigurationError("give countdown or eta, not both")
+    if countdown is not None and (isinstance(countdown, bool) or countdown < 0):
+        raise ConfigurationError(f"countdown must be seconds >= 0, not {countdown!r}")
+    not_before = _seconds(countdown, now=now, relative=True)
+    if not_before is None:
+        not_before = _seconds(eta, now=now, relative=False)
+    return not_before, _seconds(expires, now=now, relative=True)
+
+
 class App:
     """A pluq application: where tasks are queued, where results are kept, and the tasks.
 
@@ -146,7 +164,7 @@ class App:
         self.broker_url = broker or os.environ.get("PLUQ_BROKER") or DEFAULT_BROKER
         self.backend_url = backend or self.broker_url
         for url in (self.broker_url, self.backend_url):
-            transport_for(URL.parse(url))  # a bad URL fails here, not at first use
+            check_url(url)  # a bad URL fails here; a built-in transport loads on first use
         self.serializer = get_serializer(serializer)
         self.keys = _keys(secret)
         if result_expires <= 0:
@@ -159,6 +177,7 @@ class App:
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
+        self._packers: dict[tuple[Any, ...], msg.Packer] = {}
         self._check_pickle_safety(allow_unsigned_pickle)
         self.allow_unsigned_pickle = allow_unsigned_pickle
         self.main_module = sys._getframe(1).f_globals.get("__name__")
@@ -353,30 +372,18 @@ class App:
         link: Sequence[Mapping[str, Any]] = (),
     ) -> Outgoing:
         now = self.clock()
-        if countdown is not None and eta is not None:
-            raise ConfigurationError("give countdown or eta, not both")
-        if countdown is not None and (isinstance(countdown, bool) or countdown < 0):
-            raise ConfigurationError(f"countdown must be seconds >= 0, not {countdown!r}")
-        not_before = _seconds(countdown, now=now, relative=True)
-        if not_before is None:
-            not_before = _seconds(eta, now=now, relative=False)
-        expires_at = _seconds(expires, now=now, relative=True)
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        if not isinstance(kwargs, dict) or (kwargs and not all(isinstance(k, str) for k in kwargs)):
             raise ConfigurationError("kwargs must be a dict with string keys")
-        by_value = task is not None and task.by_value
-        if by_value and self.serializer.name != "cloudpickle":
-            raise ConfigurationError(
-                f"task {name!r} is defined in __main__ or in a closure, so it must travel "
-                f"by value, which only the cloudpickle serializer can do; move it to an "
-                f'importable module, or use App(..., serializer="cloudpickle")'
-            )
-        if max_retries is None:
-            max_retries = task.max_retries if task is not None else 3
+        if countdown is None and eta is None and expires is None and not link and not meta:
+            # The common call: its header differs from the last one's only in id and time.
+            return self._packer(task, name, queue, max_retries).pack(args, kwargs, now, task_id)
+        not_before, expires_at = _times(now, countdown, eta, expires)
+        queue, max_retries, fn, meta = self._task_options(task, name, queue, max_retries, meta)
         return msg.pack(
             task=name,
             args=args,
             kwargs=kwargs,
-            queue=queue or (task.queue if task is not None else None) or self.default_queue,
+            queue=queue,
             serializer=self.serializer,
             keys=self.keys,
             now=now,
@@ -384,10 +391,65 @@ class App:
             not_before=not_before,
             expires=expires_at,
             max_retries=max_retries,
-            fn=_task_bytes(task) if by_value and task is not None else None,
+            fn=fn,
             link=link,
-            meta=_meta(task, meta),
+            meta=meta,
         )
+
+    def _task_options(
+        self,
+        task: Task[Any, Any] | None,
+        name: str,
+        queue: str | None,
+        max_retries: int | None,
+        meta: Mapping[str, Any] | None,
+    ) -> tuple[str, int | None, bytes | None, Mapping[str, Any] | None]:
+        """The queue, max_retries, pickled function (by value) and meta of a message, from
+        the call's options and else the task's."""
+        fn = None
+        if task is not None:
+            if task.by_value:
+                if self.serializer.name != "cloudpickle":
+                    raise ConfigurationError(
+                        f"task {name!r} is defined in __main__ or in a closure, so it must "
+                        f"travel by value, which only the cloudpickle serializer can do; move "
+                        f"it to an importable module, or use "
+                        f'App(..., serializer="cloudpickle")'
+                    )
+                fn = _task_bytes(task)
+            if max_retries is None:
+                max_retries = task.max_retries
+            queue = queue or task.queue
+            if task.time_limit is not None:
+                # read by workers that cannot import the task
+                meta = {**(meta or {}), "time_limit": task.time_limit}
+        elif max_retries is None:
+            max_retries = 3
+        return queue or self.default_queue, max_retries, fn, meta
+
+    def _packer(
+        self, task: Task[Any, Any] | None, name: str, queue: str | None, max_retries: int | None
+    ) -> msg.Packer:
+        """The Packer of messages without eta, expiry, links or extra meta (cached)."""
+        queue, max_retries, fn, meta = self._task_options(task, name, queue, max_retries, None)
+        time_limit = meta["time_limit"] if meta else None
+        # Every input of the packer is in the key, so a task or app changed since (tests swap
+        # `app.keys`) still gets the right messages.
+        key = (name, queue, max_retries, fn, time_limit, self.keys, self.serializer)
+        packer = self._packers.get(key)
+        if packer is None:
+            if len(self._packers) >= _PACKER_CACHE:
+                self._packers.clear()  # rare: that many task/queue combinations in use
+            packer = self._packers[key] = msg.Packer(
+                task=name,
+                queue=queue,
+                serializer=self.serializer,
+                keys=self.keys,
+                max_retries=max_retries,
+                fn=fn,
+                meta=meta,
+            )
+        return packer
 
     def _send(
         self, task: Task[Any, Any] | None, name: str, args: tuple[Any, ...],
@@ -417,16 +479,25 @@ class App:
         """
         results: list[AsyncResult[R]] = []
         batch: list[Outgoing] = []
+        packer = None
+        if options.keys() <= {"queue", "max_retries"}:  # no time, id, link or meta options
+            packer = self._packer(task, task.name, options.get("queue"), options.get("max_retries"))
+        clock = self.clock
         for args in argument_tuples:
-            batch.append(self._build(task, task.name, tuple(args), {}, **options))
+            if packer is not None:
+                batch.append(packer.pack(args, {}, clock()))
+            else:
+                batch.append(self._build(task, task.name, tuple(args), {}, **options))
             if len(batch) >= _PUBLISH_BATCH:
-                self.broker.publish_many(batch)
-                results.extend(AsyncResult(o.id, app=self) for o in batch)
+                self._publish_batch(batch, results)
                 batch = []
         if batch:
-            self.broker.publish_many(batch)
-            results.extend(AsyncResult(o.id, app=self) for o in batch)
+            self._publish_batch(batch, results)
         return results
+
+    def _publish_batch(self, batch: list[Outgoing], results: list[AsyncResult[Any]]) -> None:
+        self.broker.publish_many(batch)
+        results.extend([AsyncResult(out.id, app=self) for out in batch])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -532,13 +603,6 @@ def _task_bytes(task: Task[Any, Any]) -> bytes:
         data = cloudpickle.dumps(task)
         _task_cache[task] = data
     return data
-
-
-def _meta(task: Task[Any, Any] | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    meta = dict(extra or {})
-    if task is not None and task.time_limit is not None:
-        meta["time_limit"] = task.time_limit  # read by workers that cannot import the task
-    return meta
 
 
 def _rebuild_app(broker: str, backend: str, serializer: str) -> App:

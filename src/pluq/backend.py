@@ -15,7 +15,7 @@ import abc
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
 from pluq.broker import Capabilities, Clock
@@ -62,6 +62,19 @@ class Attempt:
     finished_at: float | None = None
     worker: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, in declaration order (the stored JSON's order)."""
+        return {
+            "number": self.number,
+            "state": self.state,
+            "exc_type": self.exc_type,
+            "exc_message": self.exc_message,
+            "traceback": self.traceback,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "worker": self.worker,
+        }
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
         return cls(**{k: data[k] for k in _ATTEMPT_FIELDS if k in data})
@@ -104,9 +117,38 @@ class TaskRecord:
         return self.state in READY_STATES
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["history"] = [asdict(a) for a in self.history]
+        """The record as JSON-ready values, in declaration order (the stored JSON's order).
+
+        `history` becomes a list of dicts; `result` and `meta` are the record's own
+        objects, not copies.
+        """
+        data = self._fields()
+        data["history"] = [attempt.to_dict() for attempt in self.history]
         return data
+
+    def _fields(self) -> dict[str, Any]:
+        # Written out: dataclasses.asdict deep-copies every value, and this runs for every
+        # record a worker signs and stores.
+        return {
+            "id": self.id,
+            "state": self.state,
+            "task": self.task,
+            "queue": self.queue,
+            "result": self.result,
+            "result_encoding": self.result_encoding,
+            "result_repr": self.result_repr,
+            "exc_type": self.exc_type,
+            "exc_message": self.exc_message,
+            "traceback": self.traceback,
+            "retries": self.retries,
+            "history": self.history,
+            "worker": self.worker,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "meta": self.meta,
+            "signature": self.signature,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskRecord:
@@ -124,7 +166,7 @@ class TaskRecord:
         if extra:
             data.update(extra)
         try:
-            return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            return _STORED_JSON.encode(data)
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"the record of task {self.id!r} cannot be stored: it is not JSON ({exc}); "
@@ -138,14 +180,17 @@ class TaskRecord:
     def signing_payload(self) -> bytes:
         """The canonical bytes a signature covers: the whole record but the signature."""
         data = self.to_dict()
-        data.pop("signature", None)
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        del data["signature"]
+        return _SIGNED_JSON.encode(data).encode()
 
     def evolve(self, **changes: Any) -> TaskRecord:
-        return replace(self, **changes)
+        return TaskRecord(**{**self._fields(), **changes})
 
 
 _RECORD_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+# Encoders built once: json.dumps with options builds a new one per call.
+_STORED_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_SIGNED_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 class ResultBackend(abc.ABC):
@@ -178,6 +223,13 @@ class ResultBackend(abc.ABC):
     def put(self, record: TaskRecord, *, expires: float) -> None:
         """Store `record` in place of any earlier one for its id; it expires `expires`
         seconds from now. When its state is ready, wake every `wait` on that id."""
+
+    def put_many(self, records: Sequence[TaskRecord], *, expires: float) -> None:
+        """`put` each record, in order; transports override it to store a batch in one
+        round trip or transaction. On an error any subset may be stored (put again: a put
+        is idempotent)."""
+        for record in records:
+            self.put(record, expires=expires)
 
     @abc.abstractmethod
     def forget(self, task_id: str) -> bool:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import uuid
+import os
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pluq.backend import TaskRecord
@@ -34,6 +35,7 @@ from pluq.serializers import Serializer
 __all__ = [
     "FORMAT_VERSION",
     "Header",
+    "Packer",
     "decode",
     "encode",
     "pack",
@@ -71,12 +73,39 @@ class Header:
     v: int = FORMAT_VERSION
 
     def evolve(self, **changes: Any) -> Header:
-        return replace(self, **changes)
+        return Header(**{**self._fields(), **changes})
 
     def canonical(self) -> bytes:
-        data = asdict(self)
-        data.pop("sig")
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        """The bytes a signature covers: the header as JSON with sorted keys, without `sig`."""
+        data = self._fields()
+        del data["sig"]
+        return _CANONICAL_JSON.encode(data).encode()
+
+    def _fields(self) -> dict[str, Any]:
+        # Written out (not dataclasses.asdict, which deep-copies): the order is the wire
+        # order, so a message's header line reads the same as in every earlier pluq.
+        return {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "serializer": self.serializer,
+            "retries": self.retries,
+            "max_retries": self.max_retries,
+            "eta": self.eta,
+            "expires": self.expires,
+            "created": self.created,
+            "by_value": self.by_value,
+            "seen": self.seen,
+            "lost": self.lost,
+            "meta": self.meta,
+            "sig": self.sig,
+            "v": self.v,
+        }
+
+
+# One encoder each, built once: json.dumps with options builds a new encoder per call.
+_CANONICAL_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_WIRE_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
@@ -96,21 +125,33 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "sig": (str, type(None)),
     "v": (int,),
 }
+_FIELD_NAMES: Final = frozenset(_FIELD_TYPES)
 _REQUIRED: Final = ("id", "task", "queue", "serializer")
 
 
-def _mac(key: bytes, header: Header, body: bytes) -> str:
-    digest = hmac.new(key, header.canonical(), hashlib.sha256)
+def _mac(key: bytes, canonical: bytes, body: bytes) -> str:
+    digest = hmac.new(key, canonical, hashlib.sha256)
     digest.update(_SEPARATOR)
     digest.update(body)
     return digest.hexdigest()
+
+
+def _canonical(fields: Mapping[str, Any]) -> bytes:
+    """`Header.canonical()` of a header given as its `_fields()` dict."""
+    return _CANONICAL_JSON.encode({k: v for k, v in fields.items() if k != "sig"}).encode()
+
+
+def _wire(fields: dict[str, Any], body: bytes, keys: Sequence[bytes]) -> bytes:
+    """The wire form of a header given as its `_fields()` dict (its `sig` is replaced)."""
+    fields["sig"] = _mac(keys[0], _canonical(fields), body) if keys else None
+    return _WIRE_JSON.encode(fields).encode() + _SEPARATOR + body
 
 
 def sign(header: Header, body: bytes, keys: Sequence[bytes]) -> Header:
     """The header with its signature set by the first key (unchanged when there is none)."""
     if not keys:
         return header.evolve(sig=None) if header.sig else header
-    return header.evolve(sig=_mac(keys[0], header, body))
+    return header.evolve(sig=_mac(keys[0], header.canonical(), body))
 
 
 def verify(header: Header, body: bytes, keys: Sequence[bytes]) -> None:
@@ -122,8 +163,9 @@ def verify(header: Header, body: bytes, keys: Sequence[bytes]) -> None:
             f"message {header.id} is not signed, and this worker requires signed messages; "
             f"give the producer the same secret (App(secret=...) or PLUQ_SECRET)"
         )
+    canonical = header.canonical()
     for key in keys:
-        if hmac.compare_digest(header.sig, _mac(key, header, body)):
+        if hmac.compare_digest(header.sig, _mac(key, canonical, body)):
             return
     raise SignatureError(
         f"message {header.id} has a signature that matches none of this worker's secrets: "
@@ -133,9 +175,7 @@ def verify(header: Header, body: bytes, keys: Sequence[bytes]) -> None:
 
 def encode(header: Header, body: bytes, keys: Sequence[bytes] = ()) -> bytes:
     """The wire form of a message, signed when keys are given."""
-    header = sign(header, body, keys)
-    head = json.dumps(asdict(header), separators=(",", ":"), ensure_ascii=False).encode()
-    return head + _SEPARATOR + body
+    return _wire(header._fields(), body, keys)
 
 
 def decode(data: bytes) -> tuple[Header, bytes]:
@@ -152,7 +192,7 @@ def decode(data: bytes) -> tuple[Header, bytes]:
             "not a pluq message: no header line (the bytes are truncated or foreign)"
         )
     try:
-        raw = json.loads(data[:end])
+        raw = json.loads(data[:end].decode())  # the header line is UTF-8 by definition
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageError(f"not a pluq message: the header is not JSON ({exc})") from None
     if not isinstance(raw, dict):
@@ -168,7 +208,7 @@ def decode(data: bytes) -> tuple[Header, bytes]:
     missing = [name for name in _REQUIRED if name not in raw]
     if missing:
         raise MessageError(f"not a pluq message: the header lacks {', '.join(missing)}")
-    unknown = set(raw) - set(_FIELD_TYPES)
+    unknown = raw.keys() - _FIELD_NAMES
     if unknown:
         # Unknown fields would fall outside what this version signs: refuse, don't ignore.
         raise MessageError(
@@ -224,7 +264,8 @@ def pack(
     link: Sequence[Mapping[str, Any]] = (),
     meta: Mapping[str, Any] | None = None,
 ) -> Outgoing:
-    """Build a signed message for one task call: the one way every producer builds them.
+    """Build a signed message for one task call: the way every producer builds them (or
+    `Packer`, which builds the same bytes for many calls of one task).
 
     `fn` is the pickled Task for a task that travels by value. `link` holds the remaining
     steps of a chain (portable signatures, see `pluq.canvas`); the body carries them, and
@@ -233,21 +274,162 @@ def pack(
     payload: dict[str, Any] = {"args": list(args), "kwargs": dict(kwargs)}
     if fn is not None:
         payload["fn"] = fn
-    header_meta = dict(meta or {})
+    header_meta = dict(meta) if meta else {}
     if link:
         payload["link"] = [dict(step) for step in link]
         header_meta["chain"] = [step["id"] for step in link]
     body = serializer.dumps(payload)
-    header = Header(
-        id=task_id or uuid.uuid4().hex,
-        task=task,
-        queue=queue,
-        serializer=serializer.name,
-        max_retries=max_retries,
-        eta=not_before,
-        expires=expires,
-        created=now,
-        by_value=fn is not None,
-        meta=header_meta,
-    )
-    return Outgoing(queue, encode(header, body, keys), header.id, not_before)
+    task_id = task_id or _new_id()
+    fields = _new_header(
+        task_id, task, queue, serializer.name, max_retries, not_before, expires, now,
+        fn is not None, header_meta,
+    )  # fmt: skip
+    return Outgoing(queue, _wire(fields, body, keys), task_id, not_before)
+
+
+class Packer:
+    """Builds the messages of many calls of one task with the same options, fast.
+
+    `packer.pack(args, kwargs, now)` gives the bytes `pack(...)` gives for the same call
+    (tests pin it), at about half the cost: the header's JSON, canonical and wire, is
+    encoded once here with placeholders, and each message only fills in its id, its
+    creation time and its signature.
+    """
+
+    __slots__ = ("_canonical", "_dumps", "_fn", "_key", "_not_before", "_queue", "_wire")
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        queue: str,
+        serializer: Serializer,
+        keys: Sequence[bytes],
+        max_retries: int | None = 3,
+        not_before: float | None = None,
+        expires: float | None = None,
+        fn: bytes | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._queue = queue
+        self._not_before = not_before
+        self._dumps = serializer.dumps
+        self._fn = fn
+        self._key = keys[0] if keys else None
+        for _ in range(3):
+            # Placeholders no header field can contain by chance: each must come out of the
+            # encoder exactly once, else new ones are drawn.
+            marks = {name: f"\x00{name}:{os.urandom(16).hex()}" for name in _FILLED}
+            fields = _new_header(
+                marks["id"], task, queue, serializer.name, max_retries, not_before, expires,
+                marks["created"], fn is not None, dict(meta) if meta else {},
+            )  # fmt: skip
+            fields["sig"] = marks["sig"]
+            canonical = _split(_canonical(fields).decode(), marks, ("created", "id"))
+            wire = _split(_WIRE_JSON.encode(fields), marks, ("id", "created", "sig"))
+            if canonical is not None and wire is not None:
+                break
+        else:  # pragma: no cover - three draws of 128 random bits all colliding
+            raise RuntimeError("could not build a message template")
+        self._canonical = canonical
+        self._wire = wire
+
+    def pack(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], now: float, task_id: str | None = None
+    ) -> Outgoing:
+        """The message of one call, created at `now`, under a new id unless `task_id` is
+        given."""
+        payload: dict[str, Any] = {"args": list(args), "kwargs": dict(kwargs)}
+        if self._fn is not None:
+            payload["fn"] = self._fn
+        body = self._dumps(payload)
+        if not task_id:  # as in pack: "" is no id either
+            task_id = _new_id()
+            id_canonical = id_wire = b'"' + task_id.encode() + b'"'  # hex: nothing to escape
+        else:
+            id_canonical = _CANONICAL_JSON.encode(task_id).encode()
+            id_wire = _WIRE_JSON.encode(task_id).encode()
+        # What the JSON encoder writes for a finite float, without the encoder's overhead.
+        if type(now) is float and _MIN_FLOAT <= now <= _MAX_FLOAT:
+            created = float.__repr__(now).encode()
+        else:
+            created = _CANONICAL_JSON.encode(now).encode()
+        c0, c1, c2 = self._canonical
+        w0, w1, w2, w3 = self._wire
+        if self._key is None:
+            sig = b"null"
+        else:
+            digest = hmac.new(self._key, c0 + created + c1 + id_canonical + c2, hashlib.sha256)
+            digest.update(_SEPARATOR)
+            digest.update(body)
+            sig = b'"' + digest.hexdigest().encode() + b'"'
+        message = b"".join((w0, id_wire, w1, created, w2, sig, w3, _SEPARATOR, body))
+        return Outgoing(self._queue, message, task_id, self._not_before)
+
+
+def _new_header(
+    task_id: str,
+    task: str,
+    queue: str,
+    serializer: str,
+    max_retries: int | None,
+    not_before: float | None,
+    expires: float | None,
+    created: float | str,
+    by_value: bool,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """A new message's header as `Header._fields()` gives it, built directly: a Header
+    object would only be taken apart again (tests pin that both give the same bytes)."""
+    return {
+        "id": task_id,
+        "task": task,
+        "queue": queue,
+        "serializer": serializer,
+        "retries": 0,
+        "max_retries": max_retries,
+        "eta": not_before,
+        "expires": expires,
+        "created": created,
+        "by_value": by_value,
+        "seen": 0,
+        "lost": 0,
+        "meta": meta,
+        "sig": None,
+        "v": FORMAT_VERSION,
+    }
+
+
+_FILLED: Final = ("id", "created", "sig")
+_MAX_FLOAT: Final = sys.float_info.max
+_MIN_FLOAT: Final = -sys.float_info.max
+
+
+def _split(text: str, marks: Mapping[str, str], order: tuple[str, ...]) -> tuple[bytes, ...] | None:
+    """`text` cut at the JSON form of each placeholder in `marks` (which must appear once
+    each, in `order`), as bytes; None when they do not."""
+    pieces = []
+    rest = text
+    for name in order:
+        mark = _WIRE_JSON.encode(marks[name])  # ASCII: both encoders write it the same
+        if text.count(mark) != 1:
+            return None
+        head, found, rest = rest.partition(mark)
+        if not found:
+            return None
+        pieces.append(head.encode())
+    pieces.append(rest.encode())
+    return tuple(pieces)
+
+
+_UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _new_id() -> str:
+    """A new task id: a random UUID version 4 as 32 hex digits, as `uuid.uuid4().hex`.
+
+    Built from `os.urandom` with the version and variant bits set by hand: the same
+    randomness and format as `uuid.uuid4().hex` at half the cost.
+    """
+    return f"{int.from_bytes(os.urandom(16), 'big') & _UUID4_CLEAR | _UUID4_SET:032x}"

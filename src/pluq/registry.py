@@ -19,7 +19,6 @@ import importlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -34,6 +33,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "URL",
     "Transport",
+    "check_url",
     "known_schemes",
     "open_backend",
     "open_broker",
@@ -184,6 +184,10 @@ def _load(target: type[Transport] | str, scheme: str) -> type[Transport]:
 
 
 def _entry_point_targets() -> dict[str, str]:
+    # Imported here: importlib.metadata weighs megabytes, and only a scheme that is neither
+    # registered nor built in needs it.
+    from importlib.metadata import entry_points
+
     return {ep.name.lower(): ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
@@ -208,6 +212,22 @@ def transport_for(url: URL | str) -> type[Transport]:
         f"{', '.join(known_schemes())}. A third-party transport registers its scheme "
         f"through the {ENTRY_POINT_GROUP!r} entry point group."
     )
+
+
+def check_url(url: URL | str) -> URL:
+    """Parse a URL and check that its scheme can be opened, without importing a built-in one.
+
+    For a built-in scheme (not replaced with `register_transport`) the transport module is
+    not imported: a worker's children import the app but never connect, so they need not
+    load redis-py. Any other scheme is checked as `transport_for` checks it.
+
+    Raises:
+        ConfigurationError: the URL is malformed, or no transport serves its scheme.
+    """
+    parsed = url if isinstance(url, URL) else URL.parse(url)
+    if parsed.scheme in _registered or parsed.scheme not in _BUILTIN:
+        transport_for(parsed)
+    return parsed
 
 
 def open_broker(url: str, *, clock: Clock = time.time) -> Broker:

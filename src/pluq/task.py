@@ -160,7 +160,8 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Queue the task with these arguments; returns its AsyncResult at once."""
-        return self.apply_async(args, kwargs)
+        # apply_async(args, kwargs) without its defaults to fill in: this is the hot path.
+        return self.app._send(self, self.name, args, kwargs, expires=self.expires)
 
     def apply_async(
         self,
