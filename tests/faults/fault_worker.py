@@ -87,14 +87,20 @@ def _install_fault(app: Any, worker: Any, fault: str) -> None:
         broker.reserve = reserve_then_die
     elif point == "after_store":
         backend = app.backend
-        put = backend.put
+        put, put_many = backend.put, backend.put_many
 
         def put_then_die(record: Any, **kwargs: Any) -> None:
             put(record, **kwargs)
             if record.id == target and record.state in READY_STATES:
                 _die()
 
+        def put_many_then_die(records: Any, **kwargs: Any) -> None:
+            put_many(records, **kwargs)
+            if any(r.id == target and r.state in READY_STATES for r in records):
+                _die()
+
         backend.put = put_then_die
+        backend.put_many = put_many_then_die
     else:
         raise SystemExit(f"unknown fault point {point!r}")
 

@@ -38,6 +38,14 @@ def test_many_tasks_all_complete_once(wapp: pluq.App) -> None:
     assert wapp.stats().queues["default"].total == 0
 
 
+@pytest.mark.parametrize("prefetch", [0, None])
+def test_a_worker_drains_more_tasks_than_it_holds(wapp: pluq.App, prefetch: int | None) -> None:
+    # prefetch=0 reserves only for free slots; None grows the window while tasks are short
+    with wapp.worker(concurrency=2, prefetch=prefetch):
+        results = [wt.add.delay(i, 1) for i in range(60)]
+        assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(60)]
+
+
 def test_state_is_pending_then_started_then_success(
     wapp: pluq.App, tmp_path: Path, ledger: str
 ) -> None:

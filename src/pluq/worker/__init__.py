@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Final
 from pluq.errors import ConfigurationError
 from pluq.worker.child import ChildSpec
 from pluq.worker.pool import POOLS, default_start_method, make_pool
-from pluq.worker.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from pluq.app import App
+    from pluq.worker.supervisor import Supervisor
 
 __all__ = ["EXIT_COLD", "EXIT_OK", "Worker", "default_start_method"]
 
@@ -56,12 +56,17 @@ class Worker:
         queues: the queues to consume, earlier ones first (default: the app's default).
         pool: "processes" (default: children, killable), "threads", or "solo" (in the
             worker's own thread, one at a time).
-        prefetch: messages reserved beyond the free slots (default: concurrency, at most 8).
+        prefetch: messages reserved beyond the free slots (default: concurrency, at most 8,
+            growing to 16 per slot while every task runs under 2 ms, when a slot is also
+            handed up to 4 such jobs at once). Set it to hold exactly that many: a long
+            task then never has another waiting behind it in its slot.
         lease: seconds a reserved message stays invisible to other workers; renewed while
             the worker holds it. A worker that dies loses its messages to others after this.
         heartbeat_interval: seconds between the worker's registrations.
-        start_method: multiprocessing start method for "processes" (default: forkserver on
-            Linux, spawn elsewhere; "fork" and "spawn" work too).
+        start_method: multiprocessing start method for "processes". By default, on Linux,
+            the first children are forked while the process has a single thread, and the
+            others start with forkserver (spawn elsewhere); "fork", "forkserver" and
+            "spawn" fix the method.
         name: the worker's id in `pluq status` (default: host:pid:n).
     """
 
@@ -101,6 +106,7 @@ class Worker:
         self.queues = queue_list
         self.pool = pool
         self.prefetch = min(concurrency, 8) if prefetch is None else prefetch
+        self.adaptive_prefetch = prefetch is None
         self.lease = float(lease)
         self.heartbeat_interval = float(heartbeat_interval)
         self.start_method = start_method
@@ -112,6 +118,10 @@ class Worker:
         self._error: BaseException | None = None
 
     def _build(self) -> Supervisor:
+        # Imported here: the forkserver preloads pluq.worker.child, and so this package,
+        # and neither it nor the children it forks need the supervisor's modules.
+        from pluq.worker.supervisor import Supervisor
+
         spec = ChildSpec(
             app=self.app,
             app_ref=_app_ref(self.app),
@@ -129,6 +139,7 @@ class Worker:
             queues=self.queues,
             concurrency=self.concurrency,
             prefetch=self.prefetch,
+            adaptive=self.adaptive_prefetch,
             lease=self.lease,
             heartbeat_interval=self.heartbeat_interval,
             pool=self.pool,

@@ -1,25 +1,30 @@
 """Execution slots: child processes, threads, or the supervisor's own thread ("solo").
 
-Every pool gives the supervisor the same thing: a list of slots, each able to take one job
-at a time over a pipe and to report back on it. The supervisor waits on all of them at
-once with `multiprocessing.connection.wait`.
+Every pool gives the supervisor the same thing: a list of slots, each taking jobs in order
+(`send`) and reporting one outcome per job. A slot's `jobs` are the supervisor's records of
+what it handed over, oldest first: the first one runs, the others wait their turn (the
+supervisor queues more than one only for tasks known to be short). Process slots report
+over a pipe, which the supervisor waits on with `multiprocessing.connection.wait`; thread
+slots call `report` directly and the supervisor's wake-up pipe does the rest.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
 import types
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
 from pluq.errors import ConfigurationError
-from pluq.worker.child import STOP, ChildSpec, Resolver, child_main, serve
+from pluq.worker.child import STOP, ChildSpec, Resolver, child_main, join_job, run_job
 
 __all__ = ["POOLS", "Slot", "default_start_method", "make_pool"]
 
@@ -36,6 +41,19 @@ def default_start_method() -> str:
     if sys.platform.startswith("linux") and "forkserver" in methods:
         return "forkserver"
     return "spawn"
+
+
+def _fork_while_alone() -> Any:
+    """The fork context, for a default pool's first children on Linux, or None.
+
+    While the supervisor's process has a single thread (a `pluq worker` starting up),
+    plain fork is safe and the fastest start: the children begin with the app imported,
+    with no server process in between. Children started later (a replacement, or a
+    worker inside a threaded program) use the default method.
+    """
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return None
 
 
 _main_lock = threading.Lock()
@@ -63,12 +81,23 @@ def _main_hidden(method: str) -> Iterator[None]:
 
 
 class Slot:
-    """One place a task can run. `conn` is the supervisor's end of the job pipe."""
+    """One place tasks run, one at a time. `conn` is the supervisor's end of a job pipe."""
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.conn: Connection | None = None
-        self.busy: Any = None  # the supervisor's record of the running task
+        self.jobs: deque[Any] = deque()  # the supervisor's records, the running one first
+
+    @property
+    def busy(self) -> Any:
+        """The job running now (the first handed over and not yet reported), or None."""
+        return self.jobs[0] if self.jobs else None
+
+    def send(self, job: dict[str, Any], body: bytes) -> None:
+        """Hand over a job; it runs after the ones already handed over. OSError: the slot
+        is gone (its process died)."""
+        assert self.conn is not None
+        self.conn.send_bytes(join_job(job, body))
 
     @property
     def sentinel(self) -> int | None:
@@ -94,27 +123,36 @@ class Slot:
 
 class ProcessSlot(Slot):
     def __init__(
-        self, index: int, ctx: Any, spec: ChildSpec, siblings: Callable[[], list[int]]
+        self,
+        index: int,
+        ctx: Any,
+        spec: ChildSpec,
+        siblings: Callable[[], list[int]],
+        fork_ctx: Any = None,
     ) -> None:
         super().__init__(index)
         self.ctx = ctx
-        self.method = ctx.get_start_method()
+        self.fork_ctx = fork_ctx  # see _fork_while_alone
         self.spec = spec
         self.siblings = siblings
         self.process: Any = None
 
     def start(self) -> None:
+        ctx = self.ctx
+        if self.fork_ctx is not None and threading.active_count() == 1:
+            ctx = self.fork_ctx
+        method = ctx.get_start_method()
         parent, child = multiprocessing.Pipe(duplex=True)
         # A forked child inherits the supervisor's ends of every pipe, its own included;
         # it closes them, so that it sees EOF (and exits) when the supervisor goes away.
-        inherited = (parent.fileno(), *self.siblings()) if self.method == "fork" else ()
-        self.process = self.ctx.Process(
+        inherited = (parent.fileno(), *self.siblings()) if method == "fork" else ()
+        self.process = ctx.Process(
             target=child_main,
             args=(child, self.spec, inherited),
             name=f"pluq-child-{self.index}",
         )
         self.process.daemon = True
-        with _main_hidden(self.method):
+        with _main_hidden(method):
             self.process.start()
         child.close()
         self.conn = parent
@@ -159,27 +197,39 @@ class ProcessSlot(Slot):
 
 
 class ThreadSlot(Slot):
+    """A thread of the supervisor's process: no pipe, no JSON; `report(slot, outcome)` is
+    called from the thread after each job."""
+
     def __init__(self, index: int, resolve: Resolver) -> None:
         super().__init__(index)
         self.resolve = resolve
+        self.report: Callable[[Slot, dict[str, Any]], None] | None = None
         self.thread: threading.Thread | None = None
+        self.inbox: queue.SimpleQueue[tuple[dict[str, Any], bytes] | None] = queue.SimpleQueue()
 
     def start(self) -> None:
-        parent, child = multiprocessing.Pipe(duplex=True)
+        self.inbox = queue.SimpleQueue()
         self.thread = threading.Thread(
-            target=serve, args=(child, self.resolve), name=f"pluq-thread-{self.index}", daemon=True
+            target=self._serve, name=f"pluq-thread-{self.index}", daemon=True
         )
         self.thread.start()
-        self.conn = parent
-        self._child_end = child
+
+    def send(self, job: dict[str, Any], body: bytes) -> None:
+        self.inbox.put((job, body))
+
+    def _serve(self) -> None:
+        report = self.report
+        assert report is not None, "the supervisor sets report before starting the slot"
+        while (item := self.inbox.get()) is not None:
+            job, body = item
+            outcome = run_job(job, body, self.resolve)
+            outcome["token"] = job["token"]
+            report(self, outcome)
 
     def close(self, timeout: float) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.inbox.put(None)
         if self.thread is not None:
             self.thread.join(timeout)
-        self._child_end.close()
 
 
 class SoloSlot(Slot):
@@ -199,6 +249,7 @@ def make_pool(
     """Create (not start) the slots of a pool."""
     if pool == "processes":
         method = start_method or default_start_method()
+        fork_ctx = _fork_while_alone() if start_method is None else None
         if method not in multiprocessing.get_all_start_methods():
             raise ConfigurationError(
                 f"start method {method!r} is not available here; use one of "
@@ -213,7 +264,7 @@ def make_pool(
         def siblings() -> list[int]:
             return [s.conn.fileno() for s in slots if s.conn is not None]
 
-        slots.extend(ProcessSlot(i, ctx, spec, siblings) for i in range(concurrency))
+        slots.extend(ProcessSlot(i, ctx, spec, siblings, fork_ctx) for i in range(concurrency))
         return slots
     resolver = Resolver(spec)
     if pool == "threads":

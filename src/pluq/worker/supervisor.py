@@ -4,10 +4,13 @@ One fetch thread blocks in `Broker.reserve` (never taking more than the free slo
 small prefetch) and hands deliveries to the main loop, which
 
 - checks each message's header and signature (it never unpickles a body),
-- writes STARTED and hands the job to a free child over its pipe,
+- hands the job to a free slot (a child process over its pipe, or a thread); for tasks
+  known to be short, a slot gets a few jobs at once, so it never waits for the next one,
 - waits on the children's pipes and process sentinels at once,
-- stores each outcome in the backend, and only then acks, releases (a retry) or
-  dead-letters the message,
+- stores the outcomes of each pass in one batch, and only then acks (one batch),
+  releases (a retry) or dead-letters each message (see `pluq.worker.outcomes`),
+- records STARTED for a task still running after `STARTED_AFTER` seconds (short tasks
+  go from PENDING straight to their outcome, saving a write per task),
 - renews the leases of everything it holds, enforces hard time limits, replaces children
   that die (their task goes back to the queue with `WorkerLostError` in its history),
 - sends heartbeats, and reacts to the stop flags that signal handlers set.
@@ -23,18 +26,19 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_any
 from typing import TYPE_CHECKING, Any
 
 from pluq import message as msg
 from pluq._outcome import exception_name
-from pluq.backend import FAILURE, RETRY, REVOKED, STARTED, SUCCESS, Attempt, TaskRecord
+from pluq.backend import FAILURE, REVOKED, STARTED, SUCCESS, Attempt, TaskRecord
 from pluq.broker import Delivery, WorkerInfo
 from pluq.errors import LeaseLost, MessageError, PluqError, SignatureError
-from pluq.worker.child import join_job, run_job
-from pluq.worker.pool import Slot, SoloSlot
+from pluq.worker.child import run_job
+from pluq.worker.outcomes import Outcomes, Stored, Unstored
+from pluq.worker.pool import Slot, SoloSlot, ThreadSlot
 from pluq.worker.workflows import Workflows
 
 if TYPE_CHECKING:
@@ -50,29 +54,30 @@ REVOKE_CHECK_INTERVAL = 1.0
 POISON_LIMIT = 10
 """Lost deliveries after which a task with no retry limit is dead-lettered anyway."""
 
+STARTED_AFTER = 0.1
+"""Seconds a task runs before the worker records it as STARTED."""
+
+SHORT_TASK = 0.002
+"""Seconds: a task whose recent runs averaged less is short. A slot takes up to `DEPTH`
+short jobs at once, and the worker reserves ahead up to `SHORT_PREFETCH` per slot."""
+
+DEPTH = 16
+SHORT_PREFETCH = 32
+
 
 @dataclass(slots=True)
 class Running:
-    """A message this worker holds: admitted, maybe running in a slot."""
+    """A message this worker holds: admitted, maybe handed to a slot."""
 
     delivery: Delivery
     header: msg.Header
     body: bytes
     record: TaskRecord
     slot: Slot | None = None
+    started: float | None = None  # monotonic, when it began to run (first in its slot)
     deadline: float | None = None  # monotonic hard time limit
     lost_lease: bool = False
-
-
-@dataclass(slots=True)
-class Unstored:
-    """An outcome the backend refused for now; the message waits (unacked) until stored."""
-
-    held: Running
-    record: TaskRecord
-    then: Callable[[], None]
-    next_try: float = 0.0
-    pause: float = 0.1
+    started_stored: bool = False
 
 
 @dataclass(slots=True)
@@ -87,7 +92,7 @@ class _Shared:
     error: BaseException | None = None
 
 
-class Supervisor:
+class Supervisor(Outcomes):
     def __init__(
         self,
         app: App,
@@ -97,6 +102,7 @@ class Supervisor:
         concurrency: int,
         prefetch: int,
         lease: float,
+        adaptive: bool = False,
         heartbeat_interval: float,
         pool: str,
         name: str | None = None,
@@ -115,6 +121,8 @@ class Supervisor:
         self.queues = list(queues)
         self.concurrency = concurrency
         self.prefetch = prefetch
+        self.adaptive = adaptive
+        """Reserve further ahead, and queue several jobs per slot, while tasks are short."""
         self.lease = lease
         self.heartbeat_interval = heartbeat_interval
         self.pool = pool
@@ -124,7 +132,14 @@ class Supervisor:
         self.started_at = self.clock()
         self.processed = 0
         self.held: dict[str, Running] = {}  # delivery id -> held message
+        self.waiting: deque[Running] = deque()  # admitted, not handed to a slot yet
+        self._stores: list[Stored] = []  # outcomes of this pass, stored by _flush
         self.unstored: list[Unstored] = []
+        self.durations: dict[str, float] = {}  # task name -> recent mean run time (s)
+        self.reports: deque[tuple[Slot, dict[str, Any]]] = deque()  # from thread slots
+        for slot in slots:
+            if isinstance(slot, ThreadSlot):
+                slot.report = self._report
         self.shared = _Shared()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -193,14 +208,35 @@ class Supervisor:
             self._demand.notify_all()
 
     def _update_demand(self) -> None:
-        free = sum(1 for s in self.slots if s.busy is None)
-        waiting = sum(1 for h in self.held.values() if h.slot is None)
+        short = self._short_mode()
+        depth = DEPTH if short else 1
+        free = sum(max(0, depth - len(s.jobs)) for s in self.slots)
+        ahead = self.prefetch
+        if short:
+            ahead = max(ahead, SHORT_PREFETCH * len(self.slots))
         with self.shared.lock:
             queued = len(self.shared.inbox)
-            self.shared.wanted = max(0, free + self.prefetch - waiting - queued)
+            self.shared.wanted = max(0, free + ahead - len(self.waiting) - queued)
             wanted = self.shared.wanted
         if wanted:
             self._demand_changed()
+
+    def _short_mode(self) -> bool:
+        """True while every task seen recently was short (adaptive prefetch only)."""
+        return (
+            self.adaptive
+            and bool(self.durations)
+            and all(d < SHORT_TASK for d in self.durations.values())
+        )
+
+    def _is_short(self, task: str) -> bool:
+        mean = self.durations.get(task)
+        return self.adaptive and mean is not None and mean < SHORT_TASK
+
+    def _report(self, slot: Slot, outcome: dict[str, Any]) -> None:
+        """A thread slot's outcome (called from its thread)."""
+        self.reports.append((slot, outcome))
+        self.wake()
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -221,6 +257,7 @@ class Supervisor:
             while not self.hard_stop.is_set():
                 self._take_inbox()
                 self._dispatch()
+                self._flush()
                 self._retry_unstored()
                 self._housekeeping()
                 if self.soft_stop.is_set():
@@ -232,7 +269,8 @@ class Supervisor:
                         )
                     self._stop_fetching()
                     self._release_waiting("the worker is shutting down")
-                    if not any(s.busy for s in self.slots) and not self.unstored:
+                    busy = any(s.jobs for s in self.slots) or self._stores or self.unstored
+                    if not busy:
                         break
                 elif self.burst and self._drained():
                     self.soft_stop.set()
@@ -245,11 +283,12 @@ class Supervisor:
     def _wait_for_events(self) -> None:
         waitables: list[Any] = [self.wake_r]
         for slot in self.slots:
-            if slot.busy is not None and slot.conn is not None:
+            if slot.jobs and slot.conn is not None:
                 waitables.append(slot.conn)
             if slot.sentinel is not None:
                 waitables.append(slot.sentinel)
-        timeout = self._next_deadline()
+        timeout = 0.0 if self.reports else self._next_deadline()
+        died: list[Slot] = []
         for ready in wait_any(waitables, timeout):
             if ready == self.wake_r:
                 try:
@@ -262,17 +301,27 @@ class Supervisor:
                     self._receive(slot)
                     break
                 if ready == slot.sentinel:
-                    self._child_died(slot)
+                    died.append(slot)
                     break
+        while self.reports:
+            slot, outcome = self.reports.popleft()
+            self._finish(slot, outcome)
+        for slot in died:
+            self._child_died(slot)
         self._enforce_time_limits()
+        self._dispatch()  # the children first: storing the outcomes can wait a moment
 
     def _next_deadline(self) -> float:
         now = time.monotonic()
         limit = min(1.0, max(0.0, self._next_renewal - now), max(0.0, self._next_heartbeat - now))
         for slot in self.slots:
             held = slot.busy
-            if held is not None and held.deadline is not None:
+            if held is None:
+                continue
+            if held.deadline is not None:
                 limit = min(limit, max(0.0, held.deadline - now))
+            if not held.started_stored and held.started is not None:
+                limit = min(limit, max(0.0, held.started + STARTED_AFTER - now))
         if self.unstored:
             limit = min(limit, 0.05)
         return limit
@@ -280,7 +329,7 @@ class Supervisor:
     def _drained(self) -> bool:
         with self.shared.lock:
             idle = self.shared.idle and not self.shared.inbox
-        if not idle or self.held or self.unstored:
+        if not idle or self.held or self.unstored or self._stores:
             return False
         counts = self.broker.counts(self.queues)
         return all(c.ready == 0 and c.delayed == 0 for c in counts.values())
@@ -321,7 +370,12 @@ class Supervisor:
             log.info("task %s already finished (%s); acking", header.id, existing.state)
             followups = existing.meta.get("followups", []) if existing.state == SUCCESS else []
             done = header if existing.state == SUCCESS else None
-            self._settle(delivery, lambda: self._succeeded(delivery, done, followups))
+
+            def finish() -> None:
+                self.workflows.after_success(done, followups)
+                self.broker.ack(delivery)
+
+            self._settle(delivery, finish)
             return
         if existing is not None and existing.state == REVOKED:
             log.info("task %s[%s] was revoked; dropping it", header.task, header.id)
@@ -378,19 +432,34 @@ class Supervisor:
                 None,
             )
             return
-        base = self._base(header, existing)
-        if "chord_message" in base.meta:
-            base = base.evolve(meta={k: v for k, v in base.meta.items() if k != "chord_message"})
-        record = base.evolve(
-            state=STARTED,
-            retries=header.retries,
-            worker=self.name,
-            started_at=now,
-            finished_at=None,
-            history=tuple(history),
-        )
+        if existing is None:  # the common case: one record, built once
+            record = TaskRecord(
+                id=header.id,
+                state=STARTED,
+                task=header.task,
+                queue=header.queue,
+                retries=header.retries,
+                worker=self.name,
+                created_at=header.created,
+                started_at=now,
+                history=tuple(history),
+            )
+        else:
+            base = self._base(header, existing)
+            if "chord_message" in base.meta:
+                meta = {k: v for k, v in base.meta.items() if k != "chord_message"}
+                base = base.evolve(meta=meta)
+            record = base.evolve(
+                state=STARTED,
+                retries=header.retries,
+                worker=self.name,
+                started_at=now,
+                finished_at=None,
+                history=tuple(history),
+            )
         held = Running(delivery, header, body, record)
         self.held[delivery.id] = held
+        self.waiting.append(held)
         log.info("task %s[%s] received (attempt %d)", header.task, header.id, delivery.attempt)
         if lost_now:
             held.header = header.evolve(lost=lost, seen=delivery.attempt - 1)
@@ -427,23 +496,28 @@ class Supervisor:
     # -- dispatch ----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Hand waiting jobs to slots: every idle slot first, then (short tasks only) a
+        few more behind the running one, so a slot never waits for the supervisor."""
         if self.soft_stop.is_set():
             return
         for slot in self.slots:
-            if slot.busy is not None:
-                continue
-            held = next((h for h in self.held.values() if h.slot is None), None)
-            if held is None:
+            if not self.waiting:
                 break
-            self._start(slot, held)
+            if not slot.jobs:
+                self._start(slot, self.waiting.popleft())
+        if self.waiting and self.adaptive:
+            for level in range(1, DEPTH):
+                for slot in self.slots:
+                    if not self.waiting:
+                        break
+                    if len(slot.jobs) != level or not self._is_short(self.waiting[0].header.task):
+                        continue
+                    if all(self._is_short(h.header.task) for h in slot.jobs):
+                        self._start(slot, self.waiting.popleft())
         self._update_demand()
 
     def _start(self, slot: Slot, held: Running) -> None:
         header = held.header
-        try:
-            self.backend.put(msg.sign_record(held.record, self.keys), expires=self.expires)
-        except Exception as exc:  # STARTED is informative; the outcome is what must be stored
-            log.warning("could not record STARTED for %s (%s)", header.id, exc)
         job = {
             "token": header.id,
             "id": header.id,
@@ -465,19 +539,46 @@ class Supervisor:
                 return
             job["chord_results"] = gathered
         held.slot = slot
-        slot.busy = held
-        limit = self._time_limit(header)
-        held.deadline = time.monotonic() + limit if limit else None
+        slot.jobs.append(held)
+        if len(slot.jobs) == 1:
+            self._began(held)
         log.info("task %s[%s] started", header.task, header.id)
         if isinstance(slot, SoloSlot):
+            self._store_started([held])  # the solo slot blocks this loop: say so first
             outcome = run_job(job, held.body, slot.resolve)
             self._finish(slot, outcome)
             return
-        assert slot.conn is not None
         try:
-            slot.conn.send_bytes(join_job(job, held.body))
+            slot.send(job, held.body)
         except OSError:
             self._child_died(slot)
+
+    def _began(self, held: Running) -> None:
+        """`held` is now the first job of its slot: it runs from about now."""
+        held.started = time.monotonic()
+        limit = self._time_limit(held.header)
+        held.deadline = held.started + limit if limit else None
+
+    def _store_started(self, running: list[Running]) -> None:
+        """Record STARTED for tasks that run for a while (informative: failures only log)."""
+        now = self.clock()
+        records = []
+        for held in running:
+            held.started_stored = True
+            if not self._lease_holds(held):
+                continue  # another worker has it now: its record is not ours to touch
+            records.append(
+                msg.sign_record(
+                    held.record.evolve(started_at=now - (time.monotonic() - held.started))
+                    if held.started is not None
+                    else held.record,
+                    self.keys,
+                )
+            )
+        try:
+            self.backend.put_many(records, expires=self.expires)
+        except Exception as exc:
+            log.warning("could not record STARTED for %d task(s) (%s)", len(records), exc)
 
     def _time_limit(self, header: msg.Header) -> float | None:
         task = None if header.by_value else self.app.tasks.get(header.task)
@@ -489,137 +590,55 @@ class Supervisor:
     # -- outcomes ----------------------------------------------------------------------
 
     def _receive(self, slot: Slot) -> None:
-        assert slot.conn is not None
+        """Read every outcome the slot's pipe holds now."""
+        conn = slot.conn
+        assert conn is not None
         try:
-            data = slot.conn.recv_bytes()
+            while True:
+                self._finish(slot, json.loads(conn.recv_bytes()))
+                if not slot.jobs or slot.conn is not conn or not conn.poll():
+                    return
         except (EOFError, OSError):
             self._child_died(slot)
-            return
-        self._finish(slot, json.loads(data))
 
     def _finish(self, slot: Slot, outcome: dict[str, Any]) -> None:
-        held: Running | None = slot.busy
-        slot.busy = None
-        if held is None:
+        if not slot.jobs:
             return
+        held: Running = slot.jobs.popleft()
+        if slot.jobs:
+            self._began(slot.jobs[0])
         self.processed += 1
         status = outcome["status"]
         if status == "success":
+            took = outcome["finished_at"] - outcome["started_at"]
+            mean = self.durations.get(held.header.task)
+            self.durations[held.header.task] = took if mean is None else 0.8 * mean + 0.2 * took
             self._succeed(held, outcome)
         elif status == "retry":
             self._retry(held, outcome, float(outcome["not_before"]), outcome.get("max_retries"))
         else:
+            self.durations.pop(held.header.task, None)
             self._fail(held, outcome["exc_type"], outcome["exc_message"], outcome)
 
-    def _attempt(self, held: Running, state: str, outcome: dict[str, Any] | None) -> Attempt:
-        outcome = outcome or {}
-        return Attempt(
-            number=held.delivery.attempt,
-            state=state,
-            exc_type=outcome.get("exc_type"),
-            exc_message=outcome.get("exc_message"),
-            traceback=outcome.get("traceback"),
-            started_at=outcome.get("started_at", held.record.started_at),
-            finished_at=outcome.get("finished_at", self.clock()),
-            worker=self.name,
-        )
-
-    def _succeed(self, held: Running, outcome: dict[str, Any]) -> None:
-        record = held.record.evolve(
-            state=SUCCESS,
-            result=outcome["result"],
-            result_encoding=outcome["result_encoding"],
-            result_repr=outcome.get("result_repr"),
-            exc_type=None,
-            exc_message=None,
-            traceback=None,
-            finished_at=outcome["finished_at"],
-            history=(*held.record.history, self._attempt(held, SUCCESS, None)),
-        )
-        followups = outcome.get("publish") or []
-        if followups:  # kept with the result, so a redelivery can publish them again
-            record = record.evolve(meta={**record.meta, "followups": followups})
-        ms = (outcome["finished_at"] - outcome["started_at"]) * 1000
-        log.info("task %s[%s] succeeded in %.1f ms", held.header.task, held.header.id, ms)
-        self._store_then(
-            held, record, lambda: self._succeeded(held.delivery, held.header, followups)
-        )
-
-    def _retry(
-        self,
-        held: Running,
-        outcome: dict[str, Any],
-        not_before: float,
-        max_retries: int | None = None,
-    ) -> None:
-        header = held.header
-        retries = header.retries + 1
-        new_header = header.evolve(
-            retries=retries,
-            seen=held.delivery.attempt,
-            eta=not_before,
-            max_retries=max_retries if max_retries is not None else header.max_retries,
-        )
-        record = held.record.evolve(
-            state=RETRY,
-            retries=retries,
-            exc_type=outcome.get("exc_type"),
-            exc_message=outcome.get("exc_message"),
-            traceback=outcome.get("traceback"),
-            history=(*held.record.history, self._attempt(held, RETRY, outcome)),
-        )
-        data = msg.encode(new_header, held.body, self.keys)
-        delay = max(0.0, not_before - self.clock())
-        log.warning(
-            "task %s[%s] will retry in %.1f s (retry %d): %s: %s",
-            header.task, header.id, delay, retries, outcome.get("exc_type"),
-            outcome.get("exc_message"),
-        )  # fmt: skip
-        self._store_then(
-            held,
-            record,
-            lambda: self.broker.release(
-                held.delivery, not_before=not_before if delay > 0 else None, message=data
-            ),
-        )
-
-    def _fail(
-        self, held: Running, exc_type: str, exc_message: str, outcome: dict[str, Any] | None
-    ) -> None:
-        outcome = dict(outcome or {}, exc_type=exc_type, exc_message=exc_message)
-        record = held.record.evolve(
-            state=FAILURE,
-            result=outcome.get("result"),
-            result_encoding=outcome.get("result_encoding"),
-            result_repr=None,
-            exc_type=exc_type,
-            exc_message=exc_message,
-            traceback=outcome.get("traceback"),
-            finished_at=outcome.get("finished_at", self.clock()),
-            history=(*held.record.history, self._attempt(held, FAILURE, outcome)),
-        )
-        reason = f"{exc_type}: {exc_message}"
-        log.error("task %s[%s] failed, dead-lettered: %s", held.header.task, held.header.id, reason)
-        self.workflows.fail_downstream(held.header, record)
-        # Back from the dead-letter queue it starts with a fresh retry budget.
-        fresh = held.header.evolve(retries=0, seen=held.delivery.attempt, lost=0)
-        data = msg.encode(fresh, held.body, self.keys) if held.body else None
-        self._store_then(
-            held,
-            record,
-            lambda: self.broker.dead_letter(held.delivery, reason=reason, message=data),
-        )
+    def _requeue(self, slot: Slot) -> None:
+        """Jobs queued behind the first in a slot that is gone never started: they go
+        back to the front of the waiting line, in order, to run elsewhere."""
+        while slot.jobs:
+            held = slot.jobs.pop()
+            held.slot = None
+            held.started = held.deadline = None
+            self.waiting.appendleft(held)
 
     def _child_died(self, slot: Slot) -> None:
-        if slot.busy is not None and slot.conn is not None:
-            # It may have sent its outcome just before it exited: take that first.
+        if slot.jobs and slot.conn is not None:
+            # It may have sent outcomes just before it exited: take those first.
             try:
-                if slot.conn.poll():
+                while slot.jobs and slot.conn.poll():
                     self._finish(slot, json.loads(slot.conn.recv_bytes()))
             except (EOFError, OSError, ValueError):
                 pass
-        held: Running | None = slot.busy
-        slot.busy = None
+        held: Running | None = slot.jobs.popleft() if slot.jobs else None
+        self._requeue(slot)
         slot.kill()  # reaps it, so that its exit code is known
         code = slot.exitcode()
         if self.hard_stop.is_set():
@@ -653,77 +672,13 @@ class Supervisor:
                 )
                 held.deadline = None
                 continue
-            slot.busy = None
+            slot.jobs.popleft()
+            self._requeue(slot)
             slot.kill()
             slot.start()
             self.processed += 1
             message = f"the task ran longer than its time_limit of {limit} s and was killed"
             self._fail(held, "pluq.errors.TimeLimitExceeded", message, None)
-
-    def _succeeded(
-        self, delivery: Delivery, header: msg.Header | None, followups: list[dict[str, Any]]
-    ) -> None:
-        self.workflows.after_success(header, followups)
-        self.broker.ack(delivery)
-
-    # -- storing, then settling --------------------------------------------------------
-
-    def _store_then(self, held: Running, record: TaskRecord, then: Callable[[], None]) -> None:
-        """Store the outcome, and only once it is stored, act on the message.
-
-        The lease is renewed first: a worker that was stopped past its lease (SIGSTOP, a
-        long GC pause) must not overwrite the outcome of the worker that has it now.
-        """
-        try:
-            # Renewals keep a live worker's lease well ahead; one close to its end (or
-            # past it) means this worker was stopped: check before writing anything.
-            if held.lost_lease or held.delivery.lease_deadline - self.clock() < self.lease / 3:
-                held.delivery = self.broker.extend(held.delivery, lease=self.lease)
-        except LeaseLost:
-            log.warning(
-                "lease of %s was lost before its outcome was stored; dropping the outcome",
-                held.delivery.id,
-            )
-            self.held.pop(held.delivery.id, None)
-            return
-        except Exception as exc:  # the broker is down: store anyway; the ack will tell
-            log.warning("could not renew the lease of %s (%s)", held.delivery.id, exc)
-        signed = msg.sign_record(record, self.keys)
-        try:
-            self.backend.put(signed, expires=self.expires)
-        except Exception as exc:
-            log.warning("could not store the outcome of %s (%s); will retry", record.id, exc)
-            self.unstored.append(Unstored(held, signed, then, time.monotonic() + 0.1))
-            self.held.setdefault(held.delivery.id, held)
-            return
-        self._settle(held.delivery, then)
-
-    def _settle(self, delivery: Delivery, then: Callable[[], None]) -> None:
-        self.held.pop(delivery.id, None)
-        try:
-            then()
-        except LeaseLost:
-            log.warning("lease of %s was lost (expired, another worker has it)", delivery.id)
-        except PluqError as exc:
-            log.error("could not settle %s with the broker: %s", delivery.id, exc)
-
-    def _retry_unstored(self) -> None:
-        if not self.unstored:
-            return
-        now = time.monotonic()
-        pending, self.unstored = self.unstored, []
-        for item in pending:
-            if now < item.next_try:
-                self.unstored.append(item)
-                continue
-            try:
-                self.backend.put(item.record, expires=self.expires)
-            except Exception:
-                item.pause = min(item.pause * 2, 5.0)
-                item.next_try = now + item.pause
-                self.unstored.append(item)
-                continue
-            self._settle(item.held.delivery, item.then)
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -738,6 +693,16 @@ class Supervisor:
         if now >= self._next_revoke_check:
             self._terminate_revoked()
             self._next_revoke_check = now + REVOKE_CHECK_INTERVAL
+        due = [
+            s.jobs[0]
+            for s in self.slots
+            if s.jobs
+            and not s.jobs[0].started_stored
+            and s.jobs[0].started is not None
+            and now - s.jobs[0].started >= STARTED_AFTER
+        ]
+        if due:
+            self._store_started(due)
 
     def _terminate_revoked(self) -> None:
         """Kill the children of running tasks revoked with `terminate=True`."""
@@ -752,11 +717,12 @@ class Supervisor:
         for slot, record in zip(running, records, strict=True):
             if record is None or record.state != REVOKED or not record.meta.get("terminate"):
                 continue
-            held: Running = slot.busy
-            slot.busy = None
+            held: Running = slot.jobs.popleft()
+            self._requeue(slot)
             slot.kill()
             slot.start()
             self.processed += 1
+            self._drop(held)
             log.warning("task %s[%s] revoked: terminated", held.header.task, held.header.id)
             self._settle(held.delivery, functools.partial(self.broker.ack, held.delivery))
 
@@ -826,9 +792,8 @@ class Supervisor:
             self._release_delivery(delivery)
 
     def _release_waiting(self, why: str) -> None:
-        for held in [h for h in self.held.values() if h.slot is None]:
-            if any(u.held is held for u in self.unstored):
-                continue
+        while self.waiting:
+            held = self.waiting.popleft()
             self.held.pop(held.delivery.id, None)
             self._release_held(held)
 
@@ -865,15 +830,15 @@ class Supervisor:
         self._stop_fetching()
         if hard:
             for slot in self.slots:
-                held = slot.busy
-                slot.busy = None
+                jobs, slot.jobs = list(slot.jobs), deque()
                 slot.kill()
-                if held is not None:
+                for held in jobs:
                     self.held.pop(held.delivery.id, None)
                     self._release_held(held)
+        self._flush()
         self._release_waiting("the worker is shutting down")
         for item in self.unstored:  # the backend never came back: the lease will expire
-            log.error("outcome of %s was never stored; it will run again", item.record.id)
+            log.error("outcome of %s was never stored; it will run again", item.item.record.id)
         for slot in self.slots:
             slot.close(timeout=10)
         try:

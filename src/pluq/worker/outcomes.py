@@ -1,0 +1,289 @@
+"""What the supervisor does with an outcome: build the record, store it, then settle.
+
+The order never changes: the outcome is stored in the backend first, and only once it is
+stored is the message acked, released (a retry) or dead-lettered. A crash in between leaves
+a stored outcome and an unacked message, which the next delivery recognises and acks
+without running the task again.
+
+Successes, the common case, are batched: every outcome that arrives in one pass of the
+supervisor's loop is stored with one `ResultBackend.put_many` and acked with one
+`Broker.ack_many`. Retries, failures and dead letters are settled one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pluq import message as msg
+from pluq.backend import FAILURE, RETRY, SUCCESS, Attempt, TaskRecord
+from pluq.broker import Delivery
+from pluq.errors import LeaseLost, PluqError
+
+if TYPE_CHECKING:
+    from pluq.backend import ResultBackend
+    from pluq.broker import Broker, Clock
+    from pluq.worker.supervisor import Running
+    from pluq.worker.workflows import Workflows
+
+__all__ = ["ACK", "Outcomes", "Stored", "Unstored"]
+
+log = logging.getLogger("pluq.worker")
+
+ACK: Callable[[], None] = lambda: None  # noqa: E731 - a marker: "ack it, in the batch"
+
+
+@dataclass(slots=True)
+class Stored:
+    """An outcome waiting for this pass's batched store, and what to do once it is stored."""
+
+    held: Running
+    record: TaskRecord
+    then: Callable[[], None]
+    """ACK (acked in the batch), or the settling call (release, dead letter, ...)."""
+    followups: list[dict[str, Any]] | None = None
+    header: msg.Header | None = None
+    """For a success: whose chain and chord steps to take before the ack."""
+
+
+@dataclass(slots=True)
+class Unstored:
+    """An outcome the backend refused for now; the message waits (unacked) until stored."""
+
+    item: Stored
+    next_try: float = 0.0
+    pause: float = 0.1
+
+
+class Outcomes:
+    """Record-building and the store-then-settle steps, mixed into the Supervisor."""
+
+    broker: Broker
+    backend: ResultBackend
+    workflows: Workflows
+    keys: tuple[bytes, ...]
+    clock: Clock
+    name: str
+    lease: float
+    expires: float
+    held: dict[str, Running]
+    unstored: list[Unstored]
+    _stores: list[Stored]
+
+    def _drop(self, held: Running) -> None:
+        """Forget a message: it is settled, or no longer ours."""
+        self.held.pop(held.delivery.id, None)
+
+    def _attempt(self, held: Running, state: str, outcome: dict[str, Any] | None) -> Attempt:
+        outcome = outcome or {}
+        return Attempt(
+            number=held.delivery.attempt,
+            state=state,
+            exc_type=outcome.get("exc_type"),
+            exc_message=outcome.get("exc_message"),
+            traceback=outcome.get("traceback"),
+            started_at=outcome.get("started_at", held.record.started_at),
+            finished_at=outcome.get("finished_at", self.clock()),
+            worker=self.name,
+        )
+
+    def _succeed(self, held: Running, outcome: dict[str, Any]) -> None:
+        record = held.record.evolve(
+            state=SUCCESS,
+            result=outcome["result"],
+            result_encoding=outcome["result_encoding"],
+            result_repr=outcome.get("result_repr"),
+            exc_type=None,
+            exc_message=None,
+            traceback=None,
+            started_at=outcome["started_at"],
+            finished_at=outcome["finished_at"],
+            history=(*held.record.history, self._attempt(held, SUCCESS, outcome)),
+        )
+        followups = outcome.get("publish") or []
+        if followups:  # kept with the result, so a redelivery can publish them again
+            record = record.evolve(meta={**record.meta, "followups": followups})
+        if log.isEnabledFor(logging.INFO):
+            ms = (outcome["finished_at"] - outcome["started_at"]) * 1000
+            log.info("task %s[%s] succeeded in %.1f ms", held.header.task, held.header.id, ms)
+        self._stores.append(Stored(held, record, ACK, followups, held.header))
+
+    def _retry(
+        self,
+        held: Running,
+        outcome: dict[str, Any],
+        not_before: float,
+        max_retries: int | None = None,
+    ) -> None:
+        header = held.header
+        retries = header.retries + 1
+        new_header = header.evolve(
+            retries=retries,
+            seen=held.delivery.attempt,
+            eta=not_before,
+            max_retries=max_retries if max_retries is not None else header.max_retries,
+        )
+        record = held.record.evolve(
+            state=RETRY,
+            retries=retries,
+            exc_type=outcome.get("exc_type"),
+            exc_message=outcome.get("exc_message"),
+            traceback=outcome.get("traceback"),
+            history=(*held.record.history, self._attempt(held, RETRY, outcome)),
+        )
+        data = msg.encode(new_header, held.body, self.keys)
+        delay = max(0.0, not_before - self.clock())
+        log.warning(
+            "task %s[%s] will retry in %.1f s (retry %d): %s: %s",
+            header.task, header.id, delay, retries, outcome.get("exc_type"),
+            outcome.get("exc_message"),
+        )  # fmt: skip
+        self._store_then(
+            held,
+            record,
+            lambda: self.broker.release(
+                held.delivery, not_before=not_before if delay > 0 else None, message=data
+            ),
+        )
+
+    def _fail(
+        self,
+        held: Running,
+        exc_type: str,
+        exc_message: str,
+        outcome: dict[str, Any] | None,
+    ) -> None:
+        outcome = dict(outcome or {}, exc_type=exc_type, exc_message=exc_message)
+        record = held.record.evolve(
+            state=FAILURE,
+            result=outcome.get("result"),
+            result_encoding=outcome.get("result_encoding"),
+            result_repr=None,
+            exc_type=exc_type,
+            exc_message=exc_message,
+            traceback=outcome.get("traceback"),
+            finished_at=outcome.get("finished_at", self.clock()),
+            history=(*held.record.history, self._attempt(held, FAILURE, outcome)),
+        )
+        reason = f"{exc_type}: {exc_message}"
+        log.error("task %s[%s] failed, dead-lettered: %s", held.header.task, held.header.id, reason)
+        self.workflows.fail_downstream(held.header, record)
+        # Back from the dead-letter queue it starts with a fresh retry budget.
+        fresh = held.header.evolve(retries=0, seen=held.delivery.attempt, lost=0)
+        data = msg.encode(fresh, held.body, self.keys) if held.body else None
+        self._store_then(
+            held,
+            record,
+            lambda: self.broker.dead_letter(held.delivery, reason=reason, message=data),
+        )
+
+    def _store_then(self, held: Running, record: TaskRecord, then: Callable[[], None]) -> None:
+        """Queue an outcome for this pass's store; `then` runs once it is stored."""
+        self._stores.append(Stored(held, record, then))
+
+    # -- storing, then settling --------------------------------------------------------
+
+    def _lease_holds(self, held: Running) -> bool:
+        """False when another worker holds the message now, so that this one must not
+        write its record. Renewals keep a live worker's lease well ahead; one close to its
+        end (or past it) means this worker was stopped (SIGSTOP, a long pause): it asks
+        the broker before writing anything."""
+        if held.lost_lease or held.delivery.lease_deadline - self.clock() < self.lease / 3:
+            try:
+                held.delivery = self.broker.extend(held.delivery, lease=self.lease)
+            except LeaseLost:
+                held.lost_lease = True
+                return False
+            except Exception as exc:  # the broker is down: write anyway; the ack tells
+                log.warning("could not renew the lease of %s (%s)", held.delivery.id, exc)
+            else:
+                held.lost_lease = False
+        return True
+
+    def _flush(self) -> None:
+        """Store this pass's outcomes in one batch, then settle each message.
+
+        The lease is checked first where it may have run out (`_lease_holds`).
+        """
+        if not self._stores:
+            return
+        batch, self._stores = self._stores, []
+        fresh: list[Stored] = []
+        for item in batch:
+            if not self._lease_holds(item.held):
+                log.warning(
+                    "lease of %s was lost before its outcome was stored; dropping it",
+                    item.held.delivery.id,
+                )
+                self._drop(item.held)
+                continue
+            item.record = msg.sign_record(item.record, self.keys)
+            fresh.append(item)
+        if not fresh:
+            return
+        try:
+            self.backend.put_many([item.record for item in fresh], expires=self.expires)
+        except Exception as exc:
+            others = f" and {len(fresh) - 1} more" if len(fresh) > 1 else ""
+            log.warning(
+                "could not store the outcome of %s%s (%s); will retry",
+                fresh[0].record.id, others, exc,
+            )  # fmt: skip
+            retry_at = time.monotonic() + 0.1
+            self.unstored.extend(Unstored(item, retry_at) for item in fresh)
+            return
+        self._settle_stored(fresh)
+
+    def _settle_stored(self, items: list[Stored]) -> None:
+        acks: list[Delivery] = []
+        for item in items:
+            delivery = item.held.delivery
+            self._drop(item.held)
+            if item.then is not ACK:
+                self._settle(delivery, item.then)
+                continue
+            if item.followups or (item.header is not None and "chord" in item.header.meta):
+                try:
+                    self.workflows.after_success(item.header, item.followups or [])
+                except PluqError as exc:  # not acked: a redelivery takes these steps again
+                    log.error("could not take the next workflow step of %s: %s", delivery.id, exc)
+                    continue
+            acks.append(delivery)
+        if not acks:
+            return
+        try:
+            settled = self.broker.ack_many(acks)
+        except PluqError as exc:  # the leases expire; a redelivery finds the stored outcome
+            log.error("could not ack %d message(s) with the broker: %s", len(acks), exc)
+            return
+        for delivery, ok in zip(acks, settled, strict=True):
+            if not ok:
+                log.warning("lease of %s was lost (expired, another worker has it)", delivery.id)
+
+    def _settle(self, delivery: Delivery, then: Callable[[], None]) -> None:
+        try:
+            then()
+        except LeaseLost:
+            log.warning("lease of %s was lost (expired, another worker has it)", delivery.id)
+        except PluqError as exc:
+            log.error("could not settle %s with the broker: %s", delivery.id, exc)
+
+    def _retry_unstored(self) -> None:
+        if not self.unstored:
+            return
+        now = time.monotonic()
+        due = [u for u in self.unstored if now >= u.next_try]
+        if not due:
+            return
+        try:
+            self.backend.put_many([u.item.record for u in due], expires=self.expires)
+        except Exception:
+            for u in due:
+                u.pause = min(u.pause * 2, 5.0)
+                u.next_try = now + u.pause
+            return
+        self.unstored = [u for u in self.unstored if now < u.next_try]
+        self._settle_stored([u.item for u in due])
