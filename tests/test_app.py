@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta
 
@@ -169,6 +171,19 @@ def test_a_revoked_task_reads_revoked(app: pluq.App) -> None:
     assert app.stats().queues["default"].delayed == 0
     result.forget()
     assert result.state == "PENDING"
+
+
+def test_an_app_loads_its_transport_only_when_it_connects() -> None:
+    # A worker's children import the app but never connect: they must not load redis-py.
+    code = (
+        "import sys, pluq\n"
+        "app = pluq.App('redis://127.0.0.1:1/0', secret='s')\n"
+        "print('pluq.transports.redis' in sys.modules, 'redis' in sys.modules)\n"
+        "app.broker\n"
+        "print('pluq.transports.redis' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
 
 
 def test_results_signed_by_another_secret_are_refused(memory_url: str) -> None:
