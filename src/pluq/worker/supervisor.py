@@ -22,13 +22,13 @@ import functools
 import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait as wait_any
 from typing import TYPE_CHECKING, Any
 
 from pluq import message as msg
@@ -85,7 +85,8 @@ class _Shared:
     """State the fetch thread and the main loop share, under `lock`."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    inbox: deque[Delivery] = field(default_factory=deque)
+    inbox: deque[tuple[Delivery, TaskRecord | None]] = field(default_factory=deque)
+    """Reserved messages, each with its task's result record as it was when reserved."""
     wanted: int = 0
     fetching: bool = True
     idle: bool = False  # the last reserve found nothing
@@ -142,6 +143,8 @@ class Supervisor(Outcomes):
                 slot.report = self._report
         self.shared = _Shared()
         self.wake_r, self.wake_w = os.pipe()
+        self._poll = select.poll()
+        self._poll_map: dict[int, tuple[Slot, str]] = {}
         os.set_blocking(self.wake_w, False)
         self.soft_stop = threading.Event()
         self.hard_stop = threading.Event()
@@ -150,7 +153,7 @@ class Supervisor(Outcomes):
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._next_revoke_check = 0.0
-        self._demand = threading.Condition()
+        self._demand = threading.Event()  # set when the fetch thread may have work
         self._stopping = False
 
     # -- control (called from signal handlers or other threads) ------------------------
@@ -191,7 +194,7 @@ class Supervisor(Outcomes):
                 continue
             with shared.lock:
                 if got:
-                    shared.inbox.extend(got)
+                    shared.inbox.extend(zip(got, self._records(got), strict=True))
                     shared.wanted -= len(got)
                 shared.idle = not got
                 keep = shared.fetching
@@ -199,13 +202,27 @@ class Supervisor(Outcomes):
             if not keep:
                 return
 
+    def _records(self, got: list[Delivery]) -> list[TaskRecord | None]:
+        """The stored records of reserved messages (read here, off the main loop): a
+        finished, revoked or parked (chord) task is told apart at admission."""
+        if not got:
+            return []
+        try:
+            return self.backend.get_many([d.id for d in got])
+        except Exception as exc:
+            log.warning("could not read result records (%s); running without them", exc)
+            return [None] * len(got)
+
     def _wait_for_demand(self) -> None:
-        with self._demand:
+        self._demand.clear()
+        with self.shared.lock:  # checked again after clearing, so no wake-up is missed
+            idle = self.shared.wanted <= 0 and self.shared.fetching
+        if idle:
             self._demand.wait(0.2)
 
     def _demand_changed(self) -> None:
-        with self._demand:
-            self._demand.notify_all()
+        if not self._demand.is_set():  # a plain read: no lock while the fetcher is busy
+            self._demand.set()
 
     def _update_demand(self) -> None:
         short = self._short_mode()
@@ -281,35 +298,47 @@ class Supervisor(Outcomes):
             self._close()
 
     def _wait_for_events(self) -> None:
-        waitables: list[Any] = [self.wake_r]
-        for slot in self.slots:
-            if slot.jobs and slot.conn is not None:
-                waitables.append(slot.conn)
-            if slot.sentinel is not None:
-                waitables.append(slot.sentinel)
         timeout = 0.0 if self.reports else self._next_deadline()
-        died: list[Slot] = []
-        for ready in wait_any(waitables, timeout):
-            if ready == self.wake_r:
+        poller = self._poller()
+        pids = {slot.index: slot.pid for slot in self.slots}  # before any is replaced
+        died: list[tuple[Slot, int | None]] = []
+        for fd, _ in poller.poll(timeout * 1000):
+            if fd == self.wake_r:
                 try:
                     os.read(self.wake_r, 4096)
                 except BlockingIOError:
                     pass
                 continue
-            for slot in self.slots:
-                if ready is slot.conn:
-                    self._receive(slot)
-                    break
-                if ready == slot.sentinel:
-                    died.append(slot)
-                    break
+            slot, kind = self._poll_map[fd]
+            if kind == "conn" and slot.conn is not None and slot.conn.fileno() == fd:
+                self._receive(slot)
+            elif kind == "sentinel":
+                died.append((slot, pids[slot.index]))
         while self.reports:
             slot, outcome = self.reports.popleft()
             self._finish(slot, outcome)
-        for slot in died:
-            self._child_died(slot)
+        for slot, pid in died:
+            if slot.pid == pid:  # not replaced already (its pipe's EOF told first)
+                self._child_died(slot)
         self._enforce_time_limits()
         self._dispatch()  # the children first: storing the outcomes can wait a moment
+
+    def _poller(self) -> select.poll:
+        """One poll object for the wake-up pipe, the children's pipes and their process
+        sentinels, rebuilt only when a child is replaced."""
+        wanted: dict[int, tuple[Slot, str]] = {}
+        for slot in self.slots:
+            if slot.conn is not None:
+                wanted[slot.conn.fileno()] = (slot, "conn")
+            if slot.sentinel is not None:
+                wanted[slot.sentinel] = (slot, "sentinel")
+        if wanted != self._poll_map:
+            self._poll = select.poll()
+            self._poll.register(self.wake_r, select.POLLIN)
+            for fd in wanted:
+                self._poll.register(fd, select.POLLIN)
+            self._poll_map = wanted
+        return self._poll
 
     def _next_deadline(self) -> float:
         now = time.monotonic()
@@ -342,12 +371,7 @@ class Supervisor(Outcomes):
             self.shared.inbox.clear()
         if not batch:
             return
-        try:
-            records = self.backend.get_many([d.id for d in batch])
-        except Exception as exc:
-            log.warning("could not read result records (%s); running without them", exc)
-            records = [None] * len(batch)
-        for delivery, record in zip(batch, records, strict=True):
+        for delivery, record in batch:
             self._admit(delivery, record)
         self._update_demand()
 
@@ -506,14 +530,17 @@ class Supervisor(Outcomes):
             if not slot.jobs:
                 self._start(slot, self.waiting.popleft())
         if self.waiting and self.adaptive:
-            for level in range(1, DEPTH):
-                for slot in self.slots:
-                    if not self.waiting:
-                        break
-                    if len(slot.jobs) != level or not self._is_short(self.waiting[0].header.task):
-                        continue
-                    if all(self._is_short(h.header.task) for h in slot.jobs):
-                        self._start(slot, self.waiting.popleft())
+            # Only behind short jobs (the first decides: later ones are all short).
+            open_slots = [
+                s
+                for s in self.slots
+                if s.jobs and len(s.jobs) < DEPTH and self._is_short(s.jobs[0].header.task)
+            ]
+            while open_slots and self.waiting and self._is_short(self.waiting[0].header.task):
+                slot = min(open_slots, key=lambda s: len(s.jobs))
+                self._start(slot, self.waiting.popleft())
+                if len(slot.jobs) >= DEPTH or not slot.jobs:
+                    open_slots.remove(slot)
         self._update_demand()
 
     def _start(self, slot: Slot, held: Running) -> None:
@@ -596,7 +623,9 @@ class Supervisor(Outcomes):
         try:
             while True:
                 self._finish(slot, json.loads(conn.recv_bytes()))
-                if not slot.jobs or slot.conn is not conn or not conn.poll():
+                if not slot.jobs or slot.conn is not conn:
+                    return
+                if not select.select((conn,), (), (), 0)[0]:
                     return
         except (EOFError, OSError):
             self._child_died(slot)
@@ -729,7 +758,7 @@ class Supervisor(Outcomes):
     def _renew_leases(self) -> None:
         soon = self.clock() + self.lease * 2 / 3
         with self.shared.lock:
-            waiting = list(self.shared.inbox)
+            waiting = [delivery for delivery, _ in self.shared.inbox]
         for delivery in waiting:
             if delivery.lease_deadline < soon:
                 self._extend_inbox(delivery)
@@ -750,9 +779,9 @@ class Supervisor(Outcomes):
         except Exception:
             return
         with self.shared.lock:
-            for i, d in enumerate(self.shared.inbox):
+            for i, (d, record) in enumerate(self.shared.inbox):
                 if d.id == delivery.id:
-                    self.shared.inbox[i] = renewed
+                    self.shared.inbox[i] = (renewed, record)
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -788,7 +817,7 @@ class Supervisor(Outcomes):
         with self.shared.lock:
             batch = list(self.shared.inbox)
             self.shared.inbox.clear()
-        for delivery in batch:
+        for delivery, _ in batch:
             self._release_delivery(delivery)
 
     def _release_waiting(self, why: str) -> None:
