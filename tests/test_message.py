@@ -344,3 +344,9 @@ def test_new_task_ids_are_random_uuid4_hex() -> None:
     for task_id in ids:
         assert uuid.UUID(task_id).hex == task_id
         assert uuid.UUID(task_id).version == 4 and uuid.UUID(task_id).variant == uuid.RFC_4122
+
+
+def test_a_header_over_the_limit_says_so() -> None:
+    data = b'{"v":1,"meta":"' + b"x" * (1 << 20) + b'"}\n' + b"body"
+    with pytest.raises(pluq.MessageError, match="longer than 1 MiB"):
+        msg.decode(data)

@@ -188,6 +188,11 @@ def decode(data: bytes) -> tuple[Header, bytes]:
     data = bytes(data)
     end = data.find(_SEPARATOR, 0, _MAX_HEADER)
     if end < 0:
+        if len(data) > _MAX_HEADER and data[:1] == b"{":
+            raise MessageError(
+                f"the message header is longer than {_MAX_HEADER >> 20} MiB (too much in "
+                f"its meta?); keep large values in the arguments, which travel in the body"
+            )
         raise MessageError(
             "not a pluq message: no header line (the bytes are truncated or foreign)"
         )
