@@ -38,6 +38,16 @@ def test_many_tasks_all_complete_once(wapp: pluq.App) -> None:
     assert wapp.stats().queues["default"].total == 0
 
 
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_the_main_loop_wakes_on_its_wake_up_pipe(wapp: pluq.App, pool: str) -> None:
+    # Thread slots have no pipes of their own: a report or a fetch must wake the loop at
+    # once (a loop that slept out its timeout cost every task up to a second).
+    supervisor = wapp.Worker(concurrency=1, pool=pool)._build()
+    supervisor.wake()
+    assert [fd for fd, _ in supervisor._poller().poll(0)] == [supervisor.wake_r]
+    supervisor._close()
+
+
 @pytest.mark.parametrize("prefetch", [0, None])
 def test_a_worker_drains_more_tasks_than_it_holds(wapp: pluq.App, prefetch: int | None) -> None:
     # prefetch=0 reserves only for free slots; None grows the window while tasks are short

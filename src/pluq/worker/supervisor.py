@@ -144,7 +144,8 @@ class Supervisor(Outcomes):
         self.shared = _Shared()
         self.wake_r, self.wake_w = os.pipe()
         self._poll = select.poll()
-        self._poll_map: dict[int, tuple[Slot, str]] = {}
+        self._poll.register(self.wake_r, select.POLLIN)
+        self._poll_map: dict[int, tuple[Slot, str]] = {}  # see _poller
         os.set_blocking(self.wake_w, False)
         self.soft_stop = threading.Event()
         self.hard_stop = threading.Event()
