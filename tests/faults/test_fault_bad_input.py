@@ -101,7 +101,7 @@ BAD_INPUTS = [
             app, "huge-header", _good(app, "huge-header", meta={"x": "y" * (1 << 20)})
         ),
         "pluq.errors.MessageError",
-        "no header line",
+        "longer than 1 MiB",
     ),
     Bad(
         "an unknown task name",
