@@ -73,6 +73,11 @@ class Outcomes:
     unstored: list[Unstored]
     _stores: list[Stored]
 
+    def _reclaim(self, held: Running) -> bool:
+        """True when the message whose lease `held` lost was reserved again by this very
+        worker (it is in the fetch thread's hands): `held` takes over that delivery."""
+        return False
+
     def _drop(self, held: Running) -> None:
         """Forget a message: it is settled, or no longer ours."""
         self.held.pop(held.delivery.id, None)
@@ -195,6 +200,8 @@ class Outcomes:
             try:
                 held.delivery = self.broker.extend(held.delivery, lease=self.lease)
             except LeaseLost:
+                if self._reclaim(held):
+                    return True
                 held.lost_lease = True
                 return False
             except Exception as exc:  # the broker is down: write anyway; the ack tells

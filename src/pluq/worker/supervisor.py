@@ -377,6 +377,16 @@ class Supervisor(Outcomes):
         self._update_demand()
 
     def _admit(self, delivery: Delivery, existing: TaskRecord | None) -> None:
+        mine = self.held.get(delivery.id)
+        if mine is not None:
+            # Its lease ran out while this worker still had it (the broker was locked or
+            # unreachable, so renewals failed) and the message came back here. It is
+            # waiting, running, or its outcome waits to be stored: keep that, under the
+            # new lease, rather than run it a second time.
+            log.warning("task %s came back while this worker still had it", delivery.id)
+            mine.delivery = delivery
+            mine.lost_lease = False
+            return
         now = self.clock()
         try:
             header, body = msg.decode(delivery.message)
@@ -769,10 +779,24 @@ class Supervisor(Outcomes):
             try:
                 held.delivery = self.broker.extend(held.delivery, lease=self.lease)
             except LeaseLost:
-                held.lost_lease = True
-                log.warning("lease of %s was lost while it ran here", held.delivery.id)
+                if not self._reclaim(held):
+                    held.lost_lease = True
+                    log.warning("lease of %s was lost while it ran here", held.delivery.id)
             except Exception as exc:
                 log.warning("could not renew the lease of %s (%s)", held.delivery.id, exc)
+
+    def _reclaim(self, held: Running) -> bool:
+        with self.shared.lock:
+            for i, (delivery, _) in enumerate(self.shared.inbox):
+                if delivery.id == held.delivery.id:
+                    del self.shared.inbox[i]
+                    break
+            else:
+                return False
+        log.warning("task %s came back while this worker still had it", delivery.id)
+        held.delivery = delivery
+        held.lost_lease = False
+        return True
 
     def _extend_inbox(self, delivery: Delivery) -> None:
         try:
