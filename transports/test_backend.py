@@ -75,6 +75,32 @@ def full_record(task_id: str = "t1", state: str = FAILURE) -> TaskRecord:
     )
 
 
+class _BlockedWaiter:
+    """A thread blocked in `backend.wait(task_id)` while the `with` block runs; on exit it
+    is joined, and `record` and `woke_at` (monotonic) say what woke it and when."""
+
+    def __init__(self, backend: ResultBackend, task_id: str) -> None:
+        self.record: TaskRecord | None = None
+        self.woke_at = 0.0
+        self._started = threading.Event()
+
+        def wait() -> None:
+            self._started.set()
+            self.record = backend.wait(task_id, timeout=30)
+            self.woke_at = time.monotonic()
+
+        self._thread = threading.Thread(target=wait)
+
+    def __enter__(self) -> _BlockedWaiter:
+        self._thread.start()
+        assert self._started.wait(30)
+        threading.Event().wait(0.3)  # let the waiter settle into its wait
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(60)
+
+
 class BackendContract(ContractBase):
     def test_a_record_that_is_not_json_is_refused_and_nothing_is_stored(
         self, backend: ResultBackend
@@ -192,27 +218,13 @@ class BackendContract(ContractBase):
         # given a running task, and a waiter blocked on it
         backend.put(TaskRecord(id="t1", state=STARTED), expires=HOUR)
         record = full_record("t1", state=SUCCESS)
-        result: dict[str, object] = {}
-        waiting = threading.Event()
-
-        def wait() -> None:
-            waiting.set()
-            result["record"] = backend.wait("t1", timeout=30)
-            result["woke_at"] = time.monotonic()
-
-        thread = threading.Thread(target=wait)
-        thread.start()
-        try:
-            assert waiting.wait(30)
-            threading.Event().wait(0.3)  # let the waiter settle into its wait
+        with _BlockedWaiter(backend, "t1") as waiter:
             # when a non-ready state is put, it keeps waiting; a ready one wakes it
             backend.put(TaskRecord(id="t1", state=RETRY), expires=HOUR)
             put_at = time.monotonic()
             backend.put(record, expires=HOUR)
-        finally:
-            thread.join(60)
-        assert result["record"] == record
-        latency = float(result["woke_at"]) - put_at  # type: ignore[arg-type]
+        assert waiter.record == record
+        latency = waiter.woke_at - put_at
         report("wait_latency_ms", latency * 1000, "ms")
         assert latency < WAKE_BOUND
 
@@ -358,28 +370,14 @@ class BackendContract(ContractBase):
         # given a waiter blocked on a running task
         backend.put(TaskRecord(id="t2", state=STARTED), expires=HOUR)
         record = full_record("t2", state=SUCCESS)
-        result: dict[str, object] = {}
-        waiting = threading.Event()
-
-        def wait() -> None:
-            waiting.set()
-            result["record"] = backend.wait("t2", timeout=30)
-            result["woke_at"] = time.monotonic()
-
-        thread = threading.Thread(target=wait)
-        thread.start()
-        try:
-            assert waiting.wait(30)
-            threading.Event().wait(0.3)  # let the waiter settle into its wait
+        with _BlockedWaiter(backend, "t2") as waiter:
             # when a batch puts it ready, among records that are not ready
             put_at = time.monotonic()
             batch = [TaskRecord(id="t1", state=STARTED), record, TaskRecord(id="t3")]
             backend.put_many(batch, expires=HOUR)
-        finally:
-            thread.join(60)
         # then the waiter wakes with it, and the records that are not ready do not count
-        assert result["record"] == record
-        latency = float(result["woke_at"]) - put_at  # type: ignore[arg-type]
+        assert waiter.record == record
+        latency = waiter.woke_at - put_at
         report("put_many_wait_latency_ms", latency * 1000, "ms")
         assert latency < WAKE_BOUND
         assert backend.wait("t1", timeout=0) is None

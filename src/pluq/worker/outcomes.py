@@ -45,8 +45,7 @@ class Stored:
     then: Callable[[], None]
     """ACK (acked in the batch), or the settling call (release, dead letter, ...)."""
     followups: list[dict[str, Any]] | None = None
-    header: msg.Header | None = None
-    """For a success: whose chain and chord steps to take before the ack."""
+    """For a success: the chain's next steps to publish before the ack."""
 
 
 @dataclass(slots=True)
@@ -114,7 +113,7 @@ class Outcomes:
         if log.isEnabledFor(logging.INFO):
             ms = (outcome["finished_at"] - outcome["started_at"]) * 1000
             log.info("task %s[%s] succeeded in %.1f ms", held.header.task, held.header.id, ms)
-        self._stores.append(Stored(held, record, ACK, followups, held.header))
+        self._stores.append(Stored(held, record, ACK, followups))
 
     def _retry(
         self,
@@ -252,9 +251,10 @@ class Outcomes:
             if item.then is not ACK:
                 self._settle(delivery, item.then)
                 continue
-            if item.followups or (item.header is not None and "chord" in item.header.meta):
+            header = item.held.header
+            if item.followups or "chord" in header.meta:
                 try:
-                    self.workflows.after_success(item.header, item.followups or [])
+                    self.workflows.after_success(header, item.followups or [])
                 except PluqError as exc:  # not acked: a redelivery takes these steps again
                     log.error("could not take the next workflow step of %s: %s", delivery.id, exc)
                     continue
