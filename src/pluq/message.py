@@ -301,7 +301,7 @@ class Packer:
     creation time and its signature.
     """
 
-    __slots__ = ("_canonical", "_dumps", "_fn", "_key", "_not_before", "_queue", "_wire")
+    __slots__ = ("_canonical", "_dumps", "_fn", "_mac", "_not_before", "_queue", "_wire")
 
     def __init__(
         self,
@@ -320,7 +320,8 @@ class Packer:
         self._not_before = not_before
         self._dumps = serializer.dumps
         self._fn = fn
-        self._key = keys[0] if keys else None
+        # The signing key's HMAC state, keyed once: each message copies it.
+        self._mac = hmac.new(keys[0], digestmod=hashlib.sha256) if keys else None
         for _ in range(3):
             # Placeholders no header field can contain by chance: each must come out of the
             # encoder exactly once, else new ones are drawn.
@@ -361,10 +362,11 @@ class Packer:
             created = _CANONICAL_JSON.encode(now).encode()
         c0, c1, c2 = self._canonical
         w0, w1, w2, w3 = self._wire
-        if self._key is None:
+        if self._mac is None:
             sig = b"null"
         else:
-            digest = hmac.new(self._key, c0 + created + c1 + id_canonical + c2, hashlib.sha256)
+            digest = self._mac.copy()
+            digest.update(c0 + created + c1 + id_canonical + c2)
             digest.update(_SEPARATOR)
             digest.update(body)
             sig = b'"' + digest.hexdigest().encode() + b'"'

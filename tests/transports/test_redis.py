@@ -437,6 +437,50 @@ def test_a_stale_wake_up_token_does_not_make_wait_spin(backend: RedisBackend) ->
     assert backend._conn.redis.exists(backend._notify_key("t")) == 0
 
 
+def test_a_small_ready_record_is_its_own_wake_up_token(backend: RedisBackend) -> None:
+    small = TaskRecord(id="s", state=SUCCESS, result=1, result_encoding="json")
+    big = TaskRecord(id="b", state=SUCCESS, result="x" * 5000, result_encoding="json")
+    backend.put_many([small, big], expires=60)
+    client = backend._conn.redis
+    assert json.loads(client.lrange(backend._notify_key("s"), 0, -1)[0])["id"] == "s"
+    assert client.lrange(backend._notify_key("b"), 0, -1) == [b"1"]
+    # The waiter woken by the token returns the record without reading the key: delete
+    # the key behind its back and the small record still comes back, the big one not.
+    client.delete(backend._key("s"), backend._key("b"))
+    assert backend.wait("s", timeout=WAIT) == small
+    assert backend.wait("b", timeout=0.2) is None
+
+
+def test_a_command_interrupted_between_send_and_reply_leaves_no_reply_behind(
+    backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.put(TaskRecord(id="t", state=SUCCESS, result=1, result_encoding="json"), expires=60)
+    backend.get("t")  # this thread now keeps a connection
+    conn = backend._conn._pinned.conn
+    real = conn.read_response
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(conn, "read_response", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conn, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        backend.get("t")  # the GET's reply is left unread on the socket...
+    # ...so the connection was dropped: the next command reads its own reply.
+    assert backend._conn.command("PING") == b"PONG"
+    assert backend.get("t") is not None
+
+
+def test_a_connection_killed_by_the_server_is_replaced(
+    backend: RedisBackend, redis_server: RedisServer
+) -> None:
+    backend.put(TaskRecord(id="t", state=SUCCESS), expires=60)
+    assert backend.get("t") is not None
+    with raw_client(redis_server) as client:
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+    assert backend.get("t") is not None
+
+
 def test_record_expiry_follows_the_clock_and_counters_too(
     backend: RedisBackend, clock: ManualClock
 ) -> None:

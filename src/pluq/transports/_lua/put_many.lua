@@ -1,5 +1,6 @@
 -- Store a batch of task records, each exactly as RedisBackend.put stores one.
--- ARGV: prefix, ttl_ms, count, then per record: task_id, record_json, ready ('1'/'0')
+-- ARGV: prefix, ttl_ms, count, then per record: task_id, record_json, ready
+--   ready: '0' not ready; '1' ready, token "1"; '2' ready, the record JSON is the token.
 --   ttl_ms: '' for no expiry; '0' for already expired (the record and its token are
 --   deleted, as if put and gone).
 -- A ready record leaves one wake-up token in P notify:<id> (see RedisBackend.wait); any
@@ -18,8 +19,8 @@ for i = 0, count - 1 do
       redis.call('SET', key, text, 'PX', ttl)
     end
     redis.call('DEL', notify)
-    if ready == '1' then
-      redis.call('RPUSH', notify, '1')
+    if ready ~= '0' then
+      redis.call('RPUSH', notify, ready == '2' and text or '1')
       if ttl ~= '' then redis.call('PEXPIRE', notify, ttl) end
     end
   end
