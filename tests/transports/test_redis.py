@@ -378,6 +378,48 @@ def test_blocked_reserve_wakes_when_a_delayed_message_is_due(redis_url: str) -> 
     assert 0.2 < elapsed < 5.0
 
 
+def test_after_taking_the_last_message_reserve_blocks_without_asking_again(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    def evalsha_calls() -> int:
+        with raw_client(redis_server) as client:
+            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    with open_broker(redis_url) as broker:
+        broker.publish("q", b"w", id="w")  # loads the scripts (NOSCRIPT counts as a call)
+        broker.ack(broker.reserve(["q"], timeout=0, lease=30)[0])
+        before, blocked = evalsha_calls(), blocked_clients(redis_server)
+        broker.publish("q", b"a", id="a")  # publish.lua: 1
+        emptied = threading.Event()
+
+        def consume() -> list[str]:
+            first = broker.reserve(["q"], timeout=WAIT, lease=30)  # reserve.lua: 1, empties q
+            emptied.set()
+            second = broker.reserve(["q"], timeout=WAIT, lease=30)  # BLPOP, then reserve.lua
+            return [d.id for d in first + second]
+
+        consumer = InThread(consume)
+        assert emptied.wait(WAIT)
+        wait_until(lambda: blocked_clients(redis_server) > blocked, "the consumer to block")
+        broker.publish("q", b"b", id="b")  # publish.lua: 1
+        assert consumer.get() == ["a", "b"]
+        assert evalsha_calls() - before == 4  # not 5: no reserve.lua run for nothing
+
+
+def test_after_taking_the_last_ready_message_a_delayed_one_still_comes_on_time(
+    redis_url: str,
+) -> None:
+    with open_broker(redis_url) as broker:
+        broker.publish("q", b"now", id="1")
+        broker.publish("q", b"later", id="2", not_before=time.time() + 0.2)
+        assert [d.id for d in broker.reserve(["q"], timeout=WAIT, lease=30)] == ["1"]
+        started = time.monotonic()
+        got = broker.reserve(["q"], timeout=WAIT, lease=30)  # blocks until "2" is due
+        elapsed = time.monotonic() - started
+    assert [d.id for d in got] == ["2"]
+    assert elapsed < 4.0  # woken at the due time, not after the longest block (5 s)
+
+
 def test_messages_due_together_become_ready_in_publish_order(
     broker: Broker, clock: ManualClock
 ) -> None:

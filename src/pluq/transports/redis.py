@@ -60,8 +60,10 @@ a message. reserve.lua then pops ids from the ready list and records each lease 
 in P leased:<queue> scored by its deadline; lease_id, state and attempt in its hash) in
 one atomic step, and passes the token on while messages remain. Killed after taking a
 token and before claiming, a consumer loses only the token: the message stays ready, and
-every reserve claims before it blocks (other blocked consumers see it within 5 s at
-worst). Killed after the claim, it holds leases that expire: the next reserve or counts of
+a reserve claims before it blocks unless its thread's previous reserve emptied the queues
+(blocked consumers see it within 5 s at worst). A reserve that empties a queue drops its
+token: nobody needs waking, and a stale token would only cost the next reserve a round.
+Killed after the claim, it holds leases that expire: the next reserve or counts of
 that queue sees the deadline passed, the message is ready again and its next reservation
 counts one more attempt. There is no processing list, so no moment at which a message is
 held without a deadline. A script whose reply is lost with its connection is retried by
@@ -363,6 +365,14 @@ def _text(value: bytes | str) -> str:
 # -- the broker -------------------------------------------------------------------------------
 
 
+class _Drained(threading.local):
+    """Per thread: the queues its last reserve emptied of ready messages, and the earliest
+    time a delayed message or a lease of theirs comes due then (inf: none)."""
+
+    queues: tuple[str, ...] | None = None
+    next_due: float = math.inf
+
+
 class RedisBroker(Broker):
     """Named queues in Redis; see the module docstring for the layout and guarantees."""
 
@@ -373,6 +383,7 @@ class RedisBroker(Broker):
         self._clock = clock
         self._prefix = self._conn.settings.prefix
         self._window = self._conn.settings.dedupe_window
+        self._drained = _Drained()
 
     # -- producer side -------------------------------------------------------------------
 
@@ -411,13 +422,29 @@ class RedisBroker(Broker):
         deadline = time.monotonic() + max(timeout, 0.0)
         signals = [f"{self._prefix}signal:{q}" for q in queues]
         failures = 0
+        # This thread's last reserve took the last ready message of these queues: block on
+        # the wake-up token first instead of running reserve.lua for nothing (a publish
+        # since then left a token). A worker asks again at once after every batch, and that
+        # empty call costs a round trip while its first task waits to start.
+        names = tuple(queues)
+        drained, self._drained.queues = self._drained.queues == names and timeout > 0, None
         while True:
             now = self._clock()
             try:
+                if drained:
+                    drained = False
+                    wait = min(deadline - time.monotonic(), self._conn.settings.block)
+                    wait = min(wait, self._drained.next_due - now)
+                    if wait > 0:
+                        self._conn.command("BLPOP", *signals, f"{max(wait, 0.001):.3f}")
+                    continue
                 reply = self._conn.run(
                     "reserve", [self._prefix, now, now + lease, limit, uuid.uuid4().hex, *queues]
                 )
                 if len(reply) > 1:
+                    if reply[0] is not None:
+                        self._drained.queues = names
+                        self._drained.next_due = float(reply[0])
                     return self._deliveries(reply, now + lease)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

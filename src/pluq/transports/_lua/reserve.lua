@@ -1,15 +1,17 @@
 -- Lease up to `limit` ready messages from the queues, in the order given.
 -- ARGV: prefix, now, lease_deadline, limit, lease_base, queue...
 -- First moves due delayed messages and expired leases of these queues to their ready lists.
--- Returns {next_due, queue, id, body, attempt, lease_id, ...}; next_due (only when nothing
--- was leased) is the earliest time a delayed message becomes due or a lease expires, as a
--- string, or false: the client blocks no longer than that.
+-- Returns {next_due, queue, id, body, attempt, lease_id, ...}. When no ready message is left
+-- in these queues, next_due is the earliest time a delayed message becomes due or a lease
+-- expires, as a string ('inf' for none, or false when nothing was leased either): the
+-- client blocks no longer than that. While ready messages remain it is false.
 local p, now, deadline = ARGV[1], ARGV[2], ARGV[3]
 local limit, base = tonumber(ARGV[4]), ARGV[5]
 local BATCH = 1000
 local out = {false}
 local taken = 0
 local next_due = nil
+local left = false
 
 local function earliest(key)
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
@@ -53,15 +55,22 @@ for i = 6, #ARGV do
       out[#out + 1] = lease_id
     end
   end
+  local s = p .. 'signal:' .. q
   if redis.call('LLEN', ready) > 0 then
     -- Messages remain: pass the wake-up token on to another blocked consumer.
-    local s = p .. 'signal:' .. q
+    left = true
     if redis.call('LLEN', s) == 0 then redis.call('RPUSH', s, '1') end
-  end
-  if taken == 0 then
-    earliest(dq)
-    earliest(lq)
+  else
+    -- Nothing to wake anyone for: a token left by a publish whose message this call
+    -- took would only send the next blocking reserve round for nothing.
+    redis.call('DEL', s)
   end
 end
-if taken == 0 and next_due then out[1] = next_due end
+if not left then
+  for i = 6, #ARGV do
+    earliest(p .. 'delayed:' .. ARGV[i])
+    earliest(p .. 'leased:' .. ARGV[i])
+  end
+  if next_due then out[1] = next_due elseif taken > 0 then out[1] = 'inf' end
+end
 return out
