@@ -51,11 +51,13 @@ class CloudpickleSerializer:
     name = "cloudpickle"
 
     def dumps(self, obj: Any) -> bytes:
-        if _plain(obj):
+        if _plain(obj) or _plain_exception(obj):
             # Plain data pickles to the same bytes either way (cloudpickle only changes how
             # functions, classes and modules go), and pickle.dumps costs several times less.
             return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        import cloudpickle  # imported lazily: json-only apps and the supervisor never need it
+        # Imported lazily: about 4 MB that json-only apps, the supervisor, and a worker's
+        # children running tasks of plain data never need.
+        import cloudpickle
 
         try:
             data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -85,6 +87,24 @@ def _plain(obj: Any) -> bool:
     plain (cloudpickle takes those, as before).
     """
     return type(obj) in _ATOMS or _plain_budget(obj, _PLAIN_ITEMS, _PLAIN_DEPTH) >= 0
+
+
+_BY_REFERENCE: Final = frozenset({"builtins", "pluq.errors"})
+
+
+def _plain_exception(obj: Any) -> bool:
+    """True for an exception of a class from `_BY_REFERENCE` carrying plain data, such as
+    ValueError("boom") or a ConnectionError a task retries on: the usual way a task fails.
+
+    Both pickle and cloudpickle refer to those classes by name, so the bytes are the same,
+    and a worker's child records a failure without importing cloudpickle.
+    """
+    return (
+        isinstance(obj, BaseException)
+        and type(obj).__module__ in _BY_REFERENCE
+        and _plain(obj.args)
+        and _plain(vars(obj))
+    )
 
 
 def _plain_budget(value: Any, budget: int, depth: int) -> int:
