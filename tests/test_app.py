@@ -212,3 +212,32 @@ def test_the_app_connects_only_on_first_use() -> None:
         return None
 
     assert app._broker is None and app._backend is None
+
+
+_BUILT_IN_URLS = (
+    "memory://t",
+    "file:///tmp/pluq-t",
+    "sqlite:///pluq-t.db",
+    "redis://localhost:6379/0",
+    "rediss://localhost:6379/0",
+    "unix:///run/redis.sock",
+)
+
+
+@pytest.mark.parametrize("url", _BUILT_IN_URLS)
+def test_the_registry_says_which_built_in_transports_processes_share_as_they_do(
+    url: str,
+) -> None:
+    from pluq.registry import shared_between_processes, transport_for
+
+    capabilities = transport_for(url).capabilities
+    assert shared_between_processes(url) is capabilities.shared_between_processes
+
+
+def test_asking_whether_redis_is_shared_does_not_import_redis_py() -> None:
+    code = (
+        "import sys; from pluq.registry import shared_between_processes as shared; "
+        "assert shared('redis://h:6379/0') and not shared('memory://t'); "
+        "assert 'redis' not in sys.modules, 'redis-py was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

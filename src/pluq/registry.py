@@ -38,6 +38,7 @@ __all__ = [
     "open_backend",
     "open_broker",
     "register_transport",
+    "shared_between_processes",
     "transport_for",
 ]
 
@@ -53,6 +54,10 @@ _BUILTIN: Mapping[str, str] = MappingProxyType(
         "unix": "pluq.transports.redis:RedisTransport",
     }
 )
+_IN_ONE_PROCESS: frozenset[str] = frozenset({"memory"})
+"""The built-in schemes whose queues live inside one process: `capabilities` says the same
+(a test checks it), but is known here without importing the transport."""
+
 _registered: dict[str, type[Transport] | str] = {}
 
 T = TypeVar("T")
@@ -228,6 +233,19 @@ def check_url(url: URL | str) -> URL:
     if parsed.scheme in _registered or parsed.scheme not in _BUILTIN:
         transport_for(parsed)
     return parsed
+
+
+def shared_between_processes(url: URL | str) -> bool:
+    """Whether processes meet on the URL's queues (its transport's capabilities say so).
+
+    A built-in scheme (not replaced with `register_transport`) is answered without
+    importing its transport: `pluq worker` checks this before it becomes the lean worker
+    process, and redis-py takes a tenth of a second to import.
+    """
+    parsed = check_url(url)
+    if parsed.scheme in _BUILTIN and parsed.scheme not in _registered:
+        return parsed.scheme not in _IN_ONE_PROCESS
+    return transport_for(parsed).capabilities.shared_between_processes
 
 
 def open_broker(url: str, *, clock: Clock = time.time) -> Broker:

@@ -346,10 +346,10 @@ def open_app(
 
 def require_shared(url: str, what: str) -> None:
     """Refuse a transport that lives in one process for a command that needs two."""
-    from pluq.registry import URL, transport_for
+    from pluq.registry import URL, shared_between_processes
 
     parsed = URL.parse(url)
-    if not transport_for(parsed).capabilities.shared_between_processes:
+    if not shared_between_processes(parsed):
         raise CliError(
             f"{parsed.redacted} keeps its queues inside one process, so {what} would never "
             f"meet the program that queues the tasks; use a transport that processes share: "
