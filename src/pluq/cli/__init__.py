@@ -100,5 +100,10 @@ def _root(
 
 
 def main() -> None:
-    """The `pluq` console script."""
+    """The `pluq` console script (and `python -m pluq`).
+
+    A real program, not a test calling the commands in its own process: `pluq worker`
+    may replace this process with a lean one (see `pluq.worker._run`).
+    """
+    _worker.lean_exec = True
     cli(prog_name="pluq")

@@ -5,18 +5,13 @@ Imported only by commands that print, so `pluq --help` never pays for rich's ren
 
 from __future__ import annotations
 
-import json
-import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from rich.console import Console
 
 __all__ = [
-    "JsonFormatter",
     "ago",
     "duration",
     "err_console",
@@ -84,46 +79,6 @@ def timestamp(ts: float | None) -> str:
 
 # -- logging -------------------------------------------------------------------------------
 
-# What every LogRecord has; anything else on a record came through `extra=`.
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message",
-    "asctime",
-    "taskName",
-}
-# The worker's log lines start "task NAME[ID] ..." or "dead-lettering ID: ...": machines
-# get the name and id as fields.
-_TASK_PREFIX = re.compile(
-    r"^(?:task (?P<task>[^\s\[\]]+)\[(?P<task_id>[^\]\s]+)\]|dead-lettering (?P<dead_id>\S+):)"
-)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, pid, and
-    every `extra=` field; `task` and `task_id` for the worker's task lines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        data: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": message,
-            "pid": record.process,
-        }
-        match = _TASK_PREFIX.match(message)
-        if match:
-            fields = match.groupdict()
-            task_id = fields["task_id"] or fields["dead_id"]
-            if fields["task"]:
-                data["task"] = fields["task"]
-            data["task_id"] = task_id
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and not key.startswith("_"):
-                data[key] = value
-        if record.exc_info:
-            data["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
-
 
 @contextmanager
 def logging_to(console: Console, level: str, *, json_lines: bool) -> Iterator[None]:
@@ -131,39 +86,11 @@ def logging_to(console: Console, level: str, *, json_lines: bool) -> Iterator[No
 
     A terminal gets rich's handler (colours, aligned columns, rich tracebacks); a file or
     a pipe gets one plain line per record, never wrapped, so grep finds them; with
-    `json_lines`, one JSON object per line. The handler sits on the root logger, so the
-    worker (`pluq.worker`), the scheduler (`pluq.beat`) and tasks that run in the worker's
-    own process all show. Everything is put back as it was on exit.
+    `json_lines`, one JSON object per line. The lean worker process (`pluq.worker._run`)
+    logs the same way without a console, so the handler is built there.
     """
-    handler: logging.Handler
-    if json_lines:
-        handler = logging.StreamHandler(console.file)
-        handler.setFormatter(JsonFormatter())
-    elif not console.is_terminal:
-        handler = logging.StreamHandler(console.file)
-        handler.setFormatter(
-            logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
-    else:
-        from rich.logging import RichHandler
+    from pluq.worker._run import logging_on
 
-        handler = RichHandler(
-            console=console,
-            show_path=False,
-            markup=False,
-            rich_tracebacks=True,
-            log_time_format="[%X]",
-            keywords=["succeeded", "retry", "failed", "dead-lettering", "ready", "stopped"],
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.setLevel(level)
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(min(previous or logging.WARNING, logging.getLevelName(level)))
-    try:
+    terminal = console if console.is_terminal else None
+    with logging_on(console.file, level, json_lines=json_lines, terminal=terminal):
         yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
-        handler.close()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from enum import StrEnum
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,6 +23,7 @@ from pluq.cli._common import (
     BrokerOption,
     CliError,
     Pool,
+    _module_name,
     open_app,
     require_shared,
     split_names,
@@ -38,6 +39,11 @@ __all__ = ["BURST_POLL", "beat", "drain_progress", "scheduler_runner", "worker"]
 
 BURST_POLL = 0.1
 """Seconds a burst worker's reserve waits (the worker's default is 0.5)."""
+
+lean_exec = False
+"""Set by `pluq.cli.main()`, the real program: `pluq worker` then replaces its process
+with the lean one (`pluq.worker._run`). Left False, as when tests call the command in
+their own process, it runs the worker itself."""
 
 
 class LogLevel(StrEnum):
@@ -78,32 +84,6 @@ def scheduler_runner() -> Callable[..., None]:
         )
     run: Callable[..., None] = runner
     return run
-
-
-@contextmanager
-def _beat_thread(app: App, enabled: bool) -> Iterator[None]:
-    """Run the scheduler beside the worker, stopping it when the worker stops."""
-    if not enabled:
-        yield
-        return
-    run = scheduler_runner()
-    stop = threading.Event()
-
-    def target() -> None:
-        try:
-            run(app, stop=stop)
-        except Exception:
-            logging.getLogger("pluq.beat").exception(
-                "the scheduler stopped on an error; the worker goes on without it"
-            )
-
-    thread = threading.Thread(target=target, name="pluq-beat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def _banner(console: Console, app: App, app_spec: str | None, w: Worker, beat: bool) -> None:
@@ -238,51 +218,59 @@ def worker(
 
     Without -A it runs only tasks that travel by value (defined in a notebook or __main__).
     """
-    from pluq.cli._console import err_console, logging_to
+    from pluq.cli._console import err_console
+    from pluq.worker._run import Settings, become_lean, serve
 
     app = open_app(app_spec, broker)
     require_shared(app.broker_url, "a worker started here")
     require_shared(app.backend_url, "a worker started here")
     if beat:
         scheduler_runner()  # fail before the banner, not after
-    w = app.Worker(
-        concurrency=concurrency,
-        queues=split_names(queues) or None,
-        pool=pool.value,
-        name=name,
-        # A burst worker stops once a reserve finds nothing: short waits end it sooner.
-        **({"poll": BURST_POLL} if burst else {}),
+    settings = Settings(
+        app_spec=app_spec,
+        app=_app_location(app_spec, app) if app_spec else None,
+        broker_url=app.broker_url,
+        backend_url=app.backend_url,
+        worker={
+            "concurrency": concurrency,
+            "queues": split_names(queues) or None,
+            "pool": pool.value,
+            "name": name,
+            # A burst worker stops once a reserve finds nothing: short waits end it sooner.
+            **({"poll": BURST_POLL} if burst else {}),
+        },
+        burst=burst,
+        beat=beat,
+        loglevel=loglevel.value,
+        json_logs=json_logs,
     )
+    w = settings.make_worker(app)
     console = err_console()
-    with logging_to(console, loglevel.value, json_lines=json_logs):
-        if json_logs:
-            _log_start(app, app_spec, w, beat)
-        else:
-            _banner(console, app, app_spec, w, beat)
-        drain = drain_progress(console, app, w) if burst and not json_logs else nullcontext()
-        with _beat_thread(app, beat), drain:
-            code = w.run(burst=burst)
+    if not json_logs:  # with --json-logs, the worker logs its start instead
+        _banner(console, app, app_spec, w, beat)
+    if lean_exec:
+        app.close()
+        become_lean(settings, sys.argv[1:])  # returns only where it cannot exec
+    code = serve(app, w, settings, terminal=console if console.is_terminal else None)
     raise typer.Exit(EXIT_INTERRUPTED if code == EXIT_INTERRUPTED else EXIT_OK)
 
 
-def _log_start(app: App, app_spec: str | None, w: Worker, beat: bool) -> None:
-    import logging
+def _app_location(app_spec: str, app: App) -> tuple[str, str]:
+    """(module, attribute path) under which the lean process finds the app `-A` named.
 
-    from pluq.registry import URL
-
-    logging.getLogger("pluq.cli").info(
-        "worker starting",
-        extra={
-            "broker": URL.parse(app.broker_url).redacted,
-            "backend": URL.parse(app.backend_url).redacted,
-            "app": app_spec,
-            "tasks": sorted(app.tasks),
-            "queues": w.queues,
-            "concurrency": w.concurrency,
-            "pool": w.pool,
-            "beat": beat,
-        },
-    )
+    `module:attr` says it (a factory is called again there); for `module` alone (its
+    `app`, or its one App) and `package.app`, the attribute holding `app` is looked up.
+    """
+    module_part, colon, attr = app_spec.strip().partition(":")
+    module_name = _module_name(module_part)
+    if colon:
+        return module_name, attr
+    for candidate in (module_name, module_name.rpartition(".")[0]):
+        module = sys.modules.get(candidate)
+        names = [k for k, v in vars(module).items() if v is app] if module else []
+        if names:
+            return candidate, "app" if "app" in names else names[0]
+    raise CliError(f"-A {app_spec}: cannot find the app again in {module_name}; use -A module:app")
 
 
 def beat(

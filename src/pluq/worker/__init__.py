@@ -23,17 +23,27 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from pluq.errors import ConfigurationError
-from pluq.worker.child import ChildSpec
-from pluq.worker.pool import POOLS, default_start_method, make_pool
 
+# The pool, the child and multiprocessing are imported when a worker is built, not here:
+# `pluq worker` checks its options with a Worker before it becomes the lean worker process
+# (pluq.worker._run), which imports them for good.
 if TYPE_CHECKING:
     from pluq.app import App
     from pluq.worker.supervisor import Supervisor
 
-__all__ = ["EXIT_COLD", "EXIT_OK", "Worker", "default_start_method"]
+__all__ = ["EXIT_COLD", "EXIT_OK", "POOLS", "Worker", "default_start_method"]
 
 EXIT_OK: Final = 0
 EXIT_COLD: Final = 130
+
+POOLS: Final = ("processes", "threads", "solo")
+
+
+def default_start_method() -> str:
+    """The start method of a processes pool's children: see `pluq.worker.pool`."""
+    from pluq.worker.pool import default_start_method as method
+
+    return method()
 
 
 def _app_ref(app: App) -> str | None:
@@ -120,6 +130,8 @@ class Worker:
     def _build(self) -> Supervisor:
         # Imported here: the forkserver preloads pluq.worker.child, and so this package,
         # and neither it nor the children it forks need the supervisor's modules.
+        from pluq.worker.child import ChildSpec
+        from pluq.worker.pool import make_pool
         from pluq.worker.supervisor import Supervisor
 
         spec = ChildSpec(

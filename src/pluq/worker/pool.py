@@ -24,11 +24,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from pluq.errors import ConfigurationError
+from pluq.worker import POOLS
 from pluq.worker.child import STOP, ChildSpec, Resolver, child_main, join_job, run_job
 
 __all__ = ["POOLS", "Slot", "default_start_method", "make_pool"]
-
-POOLS = ("processes", "threads", "solo")
 
 
 def default_start_method() -> str:

@@ -110,14 +110,9 @@ class Supervisor(Outcomes):
         poll: float = 0.5,
     ) -> None:
         self.app = app
-        self.broker = app.broker
-        self.backend = app.backend
         self.keys = app.keys
         self.clock = app.clock
         self.expires = app.result_expires
-        self.workflows = Workflows(
-            self.broker, self.backend, keys=self.keys, expires=self.expires, clock=self.clock
-        )
         self.slots = slots
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -260,8 +255,22 @@ class Supervisor(Outcomes):
 
     def run(self, *, burst: bool = False, ready: threading.Event | None = None) -> int:
         self.burst = burst
+        # The first children start before the broker and backend open: forked, they are
+        # copies of this process, and need not carry a transport's client (redis-py is
+        # about 20 MB) they never use.
         for slot in self.slots:
             slot.start()
+        try:
+            self.broker, self.backend = self.app.broker, self.app.backend
+        except BaseException:  # a bad URL option, say: nothing ran, stop what started
+            for slot in self.slots:
+                slot.kill()  # a process at once
+                slot.close(timeout=1)  # a thread's loop ends
+            self._close()
+            raise
+        self.workflows = Workflows(
+            self.broker, self.backend, keys=self.keys, expires=self.expires, clock=self.clock
+        )
         self._update_demand()
         self._fetcher = threading.Thread(target=self._fetch_loop, name="pluq-fetch", daemon=True)
         self._fetcher.start()
