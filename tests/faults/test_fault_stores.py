@@ -55,6 +55,8 @@ def test_no_ack_until_the_outcome_is_stored_while_the_result_store_is_down(
     try:
         warm = ft.work.delay(ledger, 1)
         assert warm.get(timeout=60) == 1
+        # (its result shows before the worker has read Redis's reply, let alone acked)
+        wait_until(lambda: _quiet(app), what="the warm-up task's ack")
         # when the result store goes away and a task runs meanwhile
         server.kill()
         result = ft.work.delay(ledger, 2)
