@@ -63,7 +63,9 @@ def bench(session: nox.Session) -> None:
     nox -s bench -- --quick        1,000 tasks, 1 run
     nox -s bench -- profile        CPU per task and py-spy while pluq drains on Redis
     """
-    session.install("-e", ".", *BENCH_PEERS)
+    # Installed as a wheel, bytecode compiled, as the peers are: an editable install is
+    # compiled again by every process where PYTHONDONTWRITEBYTECODE is set.
+    session.install(".", *BENCH_PEERS)
     if session.posargs[:1] == ["profile"]:
         session.run("python", "-m", "bench.profile", *session.posargs[1:])
     else:
