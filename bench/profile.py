@@ -69,7 +69,9 @@ def roles(session: int) -> dict[int, str]:
             forkservers.add(m.pid)
         elif "resource_tracker" in line:
             out[m.pid] = "resource_tracker"
-    children = sorted(m.pid for m in members if m.ppid in forkservers)
+    # Forked by the supervisor itself (its first children), or by its forkserver (later).
+    parents = forkservers | {session}
+    children = sorted(m.pid for m in members if m.ppid in parents and m.pid not in out)
     for n, pid in enumerate(children):
         out[pid] = f"child-{n}"
     return out
