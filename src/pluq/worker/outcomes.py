@@ -8,6 +8,11 @@ without running the task again.
 Successes, the common case, are batched: every outcome that arrives in one pass of the
 supervisor's loop is stored with one `ResultBackend.put_many` and acked with one
 `Broker.ack_many`. Retries, failures and dead letters are settled one by one.
+
+While the children are busy, a batch is stored and settled on the store thread, so that
+the loop goes on handing out jobs during the round trips; the outcomes that arrive
+meanwhile make the next batch (one batch at a time, in order). With nothing else to do,
+or on a backend inside this process (memory://), the loop stores the batch itself.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +77,17 @@ class Outcomes:
     held: dict[str, Running]
     unstored: list[Unstored]
     _stores: list[Stored]
+    _store_thread: ThreadPoolExecutor | None
+    """Stores and settles batches off the loop (None: the loop does it itself)."""
+    _storing: tuple[list[Stored], Future[None]] | None
+    """The batch on the store thread now, if any."""
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+    def _busy(self) -> bool:
+        """True while the loop has jobs to hand out or outcomes to wait for."""
+        return False
 
     def _reclaim(self, held: Running) -> bool:
         """True when the message whose lease `held` lost was reserved again by this very
@@ -209,12 +226,14 @@ class Outcomes:
                 held.lost_lease = False
         return True
 
-    def _flush(self) -> None:
+    def _flush(self, *, inline: bool = False) -> None:
         """Store this pass's outcomes in one batch, then settle each message.
 
-        The lease is checked first where it may have run out (`_lease_holds`).
+        The lease is checked first where it may have run out (`_lease_holds`). The batch
+        goes to the store thread while the loop has other work (`inline` forbids it);
+        while one batch is there, the next one waits its turn.
         """
-        if not self._stores:
+        if not self._stores or self._storing is not None:
             return
         batch, self._stores = self._stores, []
         fresh: list[Stored] = []
@@ -230,24 +249,68 @@ class Outcomes:
             fresh.append(item)
         if not fresh:
             return
-        try:
-            self.backend.put_many([item.record for item in fresh], expires=self.expires)
-        except Exception as exc:
-            others = f" and {len(fresh) - 1} more" if len(fresh) > 1 else ""
-            log.warning(
-                "could not store the outcome of %s%s (%s); will retry",
-                fresh[0].record.id, others, exc,
-            )  # fmt: skip
-            retry_at = time.monotonic() + 0.1
-            self.unstored.extend(Unstored(item, retry_at) for item in fresh)
+        # Only acks go to the store thread: a released or dead-lettered message may come
+        # straight back, and must not find itself still held here.
+        acks_only = all(item.then is ACK for item in fresh)
+        if self._store_thread is not None and acks_only and not inline and self._busy():
+            for item in fresh:
+                item.held.storing = True
+            future = self._store_thread.submit(self._store_and_settle, fresh)
+            future.add_done_callback(lambda _: self.wake())
+            self._storing = (fresh, future)
             return
-        self._settle_stored(fresh)
+        try:
+            self._store_and_settle(fresh)
+        except Exception as exc:
+            self._unstored(fresh, exc)
+            return
+        self._stored(fresh)
+
+    def _take_stored(self, *, wait: bool = False) -> None:
+        """Finish the store thread's batch once it is done (`wait`: wait for it)."""
+        if self._storing is None:
+            return
+        items, future = self._storing
+        if not (wait or future.done()):
+            return
+        self._storing = None
+        for item in items:
+            item.held.storing = False
+        exc = future.exception()
+        if exc is not None:
+            self._unstored(items, exc)
+        else:
+            self._stored(items)
+
+    def _store_and_settle(self, items: list[Stored]) -> None:
+        """Store the batch, then settle each message (on the store thread, or the loop).
+
+        Raises only when the batch was not stored; a failure to settle is logged, and the
+        message's lease runs out: a redelivery finds the stored outcome and acks it.
+        """
+        self.backend.put_many([item.record for item in items], expires=self.expires)
+        try:
+            self._settle_stored(items)
+        except Exception:
+            log.exception("could not settle %d stored outcome(s)", len(items))
+
+    def _stored(self, items: list[Stored]) -> None:
+        for item in items:
+            self._drop(item.held)
+
+    def _unstored(self, items: list[Stored], exc: BaseException) -> None:
+        others = f" and {len(items) - 1} more" if len(items) > 1 else ""
+        log.warning(
+            "could not store the outcome of %s%s (%s); will retry",
+            items[0].record.id, others, exc,
+        )  # fmt: skip
+        retry_at = time.monotonic() + 0.1
+        self.unstored.extend(Unstored(item, retry_at) for item in items)
 
     def _settle_stored(self, items: list[Stored]) -> None:
         acks: list[Delivery] = []
         for item in items:
             delivery = item.held.delivery
-            self._drop(item.held)
             if item.then is not ACK:
                 self._settle(delivery, item.then)
                 continue
@@ -293,4 +356,8 @@ class Outcomes:
                 u.next_try = now + u.pause
             return
         self.unstored = [u for u in self.unstored if now < u.next_try]
-        self._settle_stored([u.item for u in due])
+        items = [u.item for u in due]
+        try:
+            self._settle_stored(items)
+        finally:
+            self._stored(items)

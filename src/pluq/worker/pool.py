@@ -4,8 +4,13 @@ Every pool gives the supervisor the same thing: a list of slots, each taking job
 (`send`) and reporting one outcome per job. A slot's `jobs` are the supervisor's records of
 what it handed over, oldest first: the first one runs, the others wait their turn (the
 supervisor queues more than one only for tasks known to be short). Process slots report
-over a pipe, which the supervisor waits on with `multiprocessing.connection.wait`; thread
-slots call `report` directly and the supervisor's wake-up pipe does the rest.
+over a pipe, which the supervisor polls; thread slots call `report` directly and the
+supervisor's wake-up pipe does the rest.
+
+On a pipe, the supervisor writes and reads multiprocessing's own framing (a 4-byte length,
+then the bytes) itself: the jobs of one pass go in one write (`send` queues, `flush`
+writes), and one read takes every outcome that has arrived (`receive`). The child keeps
+`Connection.recv_bytes`/`send_bytes`, one message at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import struct
 import sys
 import threading
 import types
@@ -21,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Final
 
 from pluq.errors import ConfigurationError
 from pluq.worker import POOLS
@@ -79,6 +85,17 @@ def _main_hidden(method: str) -> Iterator[None]:
                 sys.modules["__main__"] = main
 
 
+_SHORT_FRAME: Final = struct.Struct("!i")  # multiprocessing.connection's framing
+_LONG_FRAME: Final = struct.Struct("!Q")  # after a -1, for a message of 2 GiB or more
+_READ_SIZE: Final = 1 << 16
+
+
+def _frame(data: bytes) -> bytes:
+    if len(data) > 0x7FFFFFFF:
+        return _SHORT_FRAME.pack(-1) + _LONG_FRAME.pack(len(data)) + data
+    return _SHORT_FRAME.pack(len(data)) + data
+
+
 class Slot:
     """One place tasks run, one at a time. `conn` is the supervisor's end of a job pipe."""
 
@@ -86,6 +103,8 @@ class Slot:
         self.index = index
         self.conn: Connection | None = None
         self.jobs: deque[Any] = deque()  # the supervisor's records, the running one first
+        self._outbox: list[bytes] = []  # framed jobs not written yet
+        self._inbuf = bytearray()  # bytes read from the pipe, not a whole message yet
 
     @property
     def busy(self) -> Any:
@@ -93,10 +112,47 @@ class Slot:
         return self.jobs[0] if self.jobs else None
 
     def send(self, job: dict[str, Any], body: bytes) -> None:
-        """Hand over a job; it runs after the ones already handed over. OSError: the slot
-        is gone (its process died)."""
+        """Hand over a job; it runs after the ones already handed over. On a pipe, the
+        job waits for `flush`."""
+        self._outbox.append(_frame(join_job(job, body)))
+
+    def flush(self) -> None:
+        """Write the jobs `send` queued, in one write. OSError: the slot is gone (its
+        process died)."""
+        if not self._outbox:
+            return
         assert self.conn is not None
-        self.conn.send_bytes(join_job(job, body))
+        data = memoryview(b"".join(self._outbox))
+        self._outbox.clear()
+        fd = self.conn.fileno()
+        while data:
+            data = data[os.write(fd, data) :]
+
+    def receive(self) -> list[bytes]:
+        """The whole messages that arrived on the pipe, after one read; call it when the
+        pipe is readable. EOFError: the other end closed (the process exited)."""
+        assert self.conn is not None
+        chunk = os.read(self.conn.fileno(), _READ_SIZE)
+        if not chunk:
+            raise EOFError(f"the pipe of slot {self.index} closed")
+        buf = self._inbuf
+        buf += chunk
+        messages: list[bytes] = []
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = _SHORT_FRAME.unpack_from(buf, pos)
+            head = 4
+            if size == -1:
+                if len(buf) - pos < 12:
+                    break
+                (size,) = _LONG_FRAME.unpack_from(buf, pos + 4)
+                head = 12
+            if len(buf) - pos - head < size:
+                break
+            messages.append(bytes(buf[pos + head : pos + head + size]))
+            pos += head + size
+        del buf[:pos]
+        return messages
 
     @property
     def sentinel(self) -> int | None:
@@ -155,6 +211,8 @@ class ProcessSlot(Slot):
             self.process.start()
         child.close()
         self.conn = parent
+        self._outbox.clear()
+        self._inbuf.clear()
 
     @property
     def sentinel(self) -> int | None:
@@ -215,6 +273,9 @@ class ThreadSlot(Slot):
 
     def send(self, job: dict[str, Any], body: bytes) -> None:
         self.inbox.put((job, body))
+
+    def flush(self) -> None:
+        pass  # `send` handed it over already
 
     def _serve(self) -> None:
         report = self.report

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,7 @@ class Running:
     deadline: float | None = None  # monotonic hard time limit
     lost_lease: bool = False
     started_stored: bool = False
+    storing: bool = False  # its outcome is on the store thread now
 
 
 @dataclass(slots=True)
@@ -130,6 +132,8 @@ class Supervisor(Outcomes):
         self.held: dict[str, Running] = {}  # delivery id -> held message
         self.waiting: deque[Running] = deque()  # admitted, not handed to a slot yet
         self._stores: list[Stored] = []  # outcomes of this pass, stored by _flush
+        self._store_thread: ThreadPoolExecutor | None = None
+        self._storing: tuple[list[Stored], Future[None]] | None = None
         self.unstored: list[Unstored] = []
         self.durations: dict[str, float] = {}  # task name -> recent mean run time (s)
         self.reports: deque[tuple[Slot, dict[str, Any]]] = deque()  # from thread slots
@@ -142,6 +146,7 @@ class Supervisor(Outcomes):
         self._poll.register(self.wake_r, select.POLLIN)
         self._poll_map: dict[int, tuple[Slot, str]] = {}  # see _poller
         os.set_blocking(self.wake_w, False)
+        self._woken = False  # a wake-up byte is in the pipe, unread
         self.soft_stop = threading.Event()
         self.hard_stop = threading.Event()
         self.burst = False
@@ -155,6 +160,9 @@ class Supervisor(Outcomes):
     # -- control (called from signal handlers or other threads) ------------------------
 
     def wake(self) -> None:
+        if self._woken:
+            return  # a byte is in the pipe already: the loop will look at everything
+        self._woken = True
         try:
             os.write(self.wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -227,9 +235,12 @@ class Supervisor(Outcomes):
         ahead = self.prefetch
         if short:
             ahead = max(ahead, SHORT_PREFETCH * len(self.slots))
+        # Finished messages are leased until their outcomes are stored and acked: those
+        # waiting for the store thread, or on it, count against the prefetch.
+        storing = len(self._stores) + (len(self._storing[0]) if self._storing else 0)
         with self.shared.lock:
             queued = len(self.shared.inbox)
-            self.shared.wanted = max(0, free + ahead - len(self.waiting) - queued)
+            self.shared.wanted = max(0, free + ahead - len(self.waiting) - queued - storing)
             wanted = self.shared.wanted
         if wanted:
             self._demand_changed()
@@ -271,6 +282,10 @@ class Supervisor(Outcomes):
         self.workflows = Workflows(
             self.broker, self.backend, keys=self.keys, expires=self.expires, clock=self.clock
         )
+        if self.backend.capabilities.shared_between_processes:
+            # A backend shared between processes is a round trip away (a file, a database,
+            # a server): storing on a thread of its own keeps the loop handing out jobs.
+            self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="pluq-store")
         self._update_demand()
         self._fetcher = threading.Thread(target=self._fetch_loop, name="pluq-fetch", daemon=True)
         self._fetcher.start()
@@ -282,6 +297,7 @@ class Supervisor(Outcomes):
             ready.set()
         try:
             while not self.hard_stop.is_set():
+                self._take_stored()
                 self._take_inbox()
                 self._dispatch()
                 self._flush()
@@ -296,7 +312,12 @@ class Supervisor(Outcomes):
                         )
                     self._stop_fetching()
                     self._release_waiting("the worker is shutting down")
-                    busy = any(s.jobs for s in self.slots) or self._stores or self.unstored
+                    busy = (
+                        any(s.jobs for s in self.slots)
+                        or self._stores
+                        or self._storing
+                        or self.unstored
+                    )
                     if not busy:
                         break
                 elif self.burst and self._drained():
@@ -318,6 +339,9 @@ class Supervisor(Outcomes):
                     os.read(self.wake_r, 4096)
                 except BlockingIOError:
                     pass
+                # Reset before looking at reports, the inbox and the stop flags: whatever
+                # is set from now on writes a new byte.
+                self._woken = False
                 continue
             slot, kind = self._poll_map[fd]
             if kind == "conn" and slot.conn is not None and slot.conn.fileno() == fd:
@@ -368,10 +392,13 @@ class Supervisor(Outcomes):
     def _drained(self) -> bool:
         with self.shared.lock:
             idle = self.shared.idle and not self.shared.inbox
-        if not idle or self.held or self.unstored or self._stores:
+        if not idle or self.held or self.unstored or self._stores or self._storing:
             return False
         counts = self.broker.counts(self.queues)
         return all(c.ready == 0 and c.delayed == 0 for c in counts.values())
+
+    def _busy(self) -> bool:
+        return bool(self.waiting) or any(slot.jobs for slot in self.slots)
 
     # -- admission ---------------------------------------------------------------------
 
@@ -387,6 +414,9 @@ class Supervisor(Outcomes):
 
     def _admit(self, delivery: Delivery, existing: TaskRecord | None) -> None:
         mine = self.held.get(delivery.id)
+        if mine is not None and mine.storing:
+            self._take_stored(wait=True)  # settled by now, most likely: see what is left
+            mine = self.held.get(delivery.id)
         if mine is not None:
             # Its lease ran out while this worker still had it (the broker was locked or
             # unreachable, so renewals failed) and the message came back here. It is
@@ -561,6 +591,11 @@ class Supervisor(Outcomes):
                 self._start(slot, self.waiting.popleft())
                 if len(slot.jobs) >= DEPTH or not slot.jobs:
                     open_slots.remove(slot)
+        for slot in self.slots:
+            try:
+                slot.flush()
+            except OSError:
+                self._child_died(slot)
         self._update_demand()
 
     def _start(self, slot: Slot, held: Running) -> None:
@@ -595,10 +630,7 @@ class Supervisor(Outcomes):
             outcome = run_job(job, held.body, slot.resolve)
             self._finish(slot, outcome)
             return
-        try:
-            slot.send(job, held.body)
-        except OSError:
-            self._child_died(slot)
+        slot.send(job, held.body)  # written by _dispatch, with the slot's other new jobs
 
     def _began(self, held: Running) -> None:
         """`held` is now the first job of its slot: it runs from about now."""
@@ -637,18 +669,14 @@ class Supervisor(Outcomes):
     # -- outcomes ----------------------------------------------------------------------
 
     def _receive(self, slot: Slot) -> None:
-        """Read every outcome the slot's pipe holds now."""
-        conn = slot.conn
-        assert conn is not None
+        """Take every outcome the slot's pipe holds now (one read)."""
         try:
-            while True:
-                self._finish(slot, json.loads(conn.recv_bytes()))
-                if not slot.jobs or slot.conn is not conn:
-                    return
-                if not select.select((conn,), (), (), 0)[0]:
-                    return
+            outcomes = slot.receive()
         except (EOFError, OSError):
             self._child_died(slot)
+            return
+        for data in outcomes:
+            self._finish(slot, json.loads(data))
 
     def _finish(self, slot: Slot, outcome: dict[str, Any]) -> None:
         if not slot.jobs:
@@ -682,8 +710,9 @@ class Supervisor(Outcomes):
         if slot.jobs and slot.conn is not None:
             # It may have sent outcomes just before it exited: take those first.
             try:
-                while slot.jobs and slot.conn.poll():
-                    self._finish(slot, json.loads(slot.conn.recv_bytes()))
+                while slot.jobs and select.select((slot.conn,), (), (), 0)[0]:
+                    for data in slot.receive():
+                        self._finish(slot, json.loads(data))
             except (EOFError, OSError, ValueError):
                 pass
         held: Running | None = slot.jobs.popleft() if slot.jobs else None
@@ -783,8 +812,8 @@ class Supervisor(Outcomes):
             if delivery.lease_deadline < soon:
                 self._extend_inbox(delivery)
         for held in list(self.held.values()):
-            if held.delivery.lease_deadline >= soon:
-                continue
+            if held.storing or held.delivery.lease_deadline >= soon:
+                continue  # one being stored is settled within moments
             try:
                 held.delivery = self.broker.extend(held.delivery, lease=self.lease)
             except LeaseLost:
@@ -898,7 +927,8 @@ class Supervisor(Outcomes):
                 for held in jobs:
                     self.held.pop(held.delivery.id, None)
                     self._release_held(held)
-        self._flush()
+        self._take_stored(wait=True)
+        self._flush(inline=True)
         self._release_waiting("the worker is shutting down")
         for item in self.unstored:  # the backend never came back: the lease will expire
             log.error("outcome of %s was never stored; it will run again", item.item.record.id)
@@ -912,6 +942,9 @@ class Supervisor(Outcomes):
         return 130 if hard else 0
 
     def _close(self) -> None:
+        if self._store_thread is not None:
+            self._store_thread.shutdown(wait=True)
+            self._store_thread = None
         for fd in (self.wake_r, self.wake_w):
             try:
                 os.close(fd)
