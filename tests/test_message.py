@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import uuid
 from typing import Any
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 import pluq
 from pluq import message as msg
 from pluq.backend import Attempt, TaskRecord
+from pluq.errors import SignatureError
 from pluq.serializers import get_serializer
 
 KEYS = (b"k1",)
@@ -161,6 +164,7 @@ PINNED_CANONICAL = (
     b'"retries":1,"seen":2,"serializer":"cloudpickle","task":"tutorial.add","v":1}'
 )
 PINNED_SIG = "4e1c63ca6c229d5665fda14e2629f50b6cd5b5e8e948a90ca77ca37d40612089"
+# The header line as earlier versions wrote it: declaration order, not ASCII-escaped.
 PINNED_WIRE_HEAD = (
     b'{"id":"5f0c9e1b2a3d4c5e6f708192a3b4c5d6","task":"tutorial.add","queue":"default",'
     b'"serializer":"cloudpickle","retries":1,"max_retries":3,"eta":1700000000.5,'
@@ -173,15 +177,25 @@ def test_the_canonical_header_bytes_are_those_of_earlier_versions() -> None:
     assert pinned_header().canonical() == PINNED_CANONICAL
 
 
-def test_the_wire_bytes_and_signature_are_those_of_earlier_versions() -> None:
+def test_the_signature_is_that_of_earlier_versions_and_the_line_is_the_canonical_header() -> None:
     body = b"\x80body\n"
     signed = msg.encode(pinned_header(), body, (b"k1", b"k0"))
-    assert signed == PINNED_WIRE_HEAD % f'"{PINNED_SIG}"'.encode() + b"\n" + body
-    assert msg.encode(pinned_header(), body) == PINNED_WIRE_HEAD % b"null" + b"\n" + body
+    assert signed == PINNED_CANONICAL[:-1] + f',"sig":"{PINNED_SIG}"}}'.encode() + b"\n" + body
+    assert msg.encode(pinned_header(), body) == PINNED_CANONICAL[:-1] + b',"sig":null}\n' + body
     assert msg.sign(pinned_header(), body, (b"k1",)).sig == PINNED_SIG
     decoded, rest = msg.decode(signed)
     msg.verify(decoded, rest, (b"k0", b"k1"))
     assert decoded == pinned_header().evolve(sig=PINNED_SIG)
+
+
+def test_messages_written_by_earlier_versions_still_read_and_verify() -> None:
+    body = b"\x80body\n"
+    old = PINNED_WIRE_HEAD % f'"{PINNED_SIG}"'.encode() + b"\n" + body
+    decoded, rest = msg.decode(old)
+    msg.verify(decoded, rest, (b"k0", b"k1"))
+    assert (decoded, rest) == (pinned_header().evolve(sig=PINNED_SIG), body)
+    unsigned, _ = msg.decode(PINNED_WIRE_HEAD % b"null" + b"\n" + body)
+    assert unsigned == pinned_header()
 
 
 def pinned_record() -> TaskRecord:
@@ -215,23 +229,36 @@ def pinned_record() -> TaskRecord:
     )  # fmt: skip
 
 
-def test_a_record_signs_and_stores_the_bytes_of_earlier_versions() -> None:
+def test_a_record_signs_and_stores_its_fields_in_declaration_order() -> None:
     record = pinned_record()
-    assert record.signing_payload() == (
-        b'{"created_at":1.0,"exc_message":"n\\u00e9","exc_type":"ValueError","finished_at":4.0,'
-        b'"history":[{"exc_message":null,"exc_type":"KeyError","finished_at":2.5,"number":1,'
-        b'"started_at":1.5,"state":"RETRY","traceback":null,"worker":"w@h"},'
-        b'{"exc_message":"n\\u00e9","exc_type":"ValueError","finished_at":4.0,"number":2,'
-        b'"started_at":3.0,"state":"FAILURE","traceback":null,"worker":"w@h"}],"id":"t1",'
-        b'"meta":{"a":{"c":true,"d":null},"b":[1,2]},"queue":"default","result":"b64==",'
-        b'"result_encoding":"cloudpickle","result_repr":"ValueError(\'n\\u00e9\')","retries":1,'
-        b'"started_at":3.0,"state":"FAILURE","task":"tutorial.add","traceback":"Traceback...",'
-        b'"worker":"w@h"}'
+    payload = record.signing_payload()
+    # Declaration order, ASCII; a meta value's own keys keep their order.
+    assert payload == (
+        b'{"id":"t1","state":"FAILURE","task":"tutorial.add","queue":"default","result":"b64==",'
+        b'"result_encoding":"cloudpickle","result_repr":"ValueError(\'n\\u00e9\')",'
+        b'"exc_type":"ValueError","exc_message":"n\\u00e9","traceback":"Traceback...",'
+        b'"retries":1,"history":[{"number":1,"state":"RETRY","exc_type":"KeyError",'
+        b'"exc_message":null,"traceback":null,"started_at":1.5,"finished_at":2.5,'
+        b'"worker":"w@h"},{"number":2,"state":"FAILURE","exc_type":"ValueError",'
+        b'"exc_message":"n\\u00e9","traceback":null,"started_at":3.0,"finished_at":4.0,'
+        b'"worker":"w@h"}],"worker":"w@h","created_at":1.0,"started_at":3.0,"finished_at":4.0,'
+        b'"meta":{"b":[1,2],"a":{"d":null,"c":true}}}'
     )
     signed = msg.sign_record(record, KEYS)
-    sig = "459266076d5ab915e7ac17a48bd1a6b98a9a179275e4cd36f20f80556136ea22"
+    sig = hmac.new(KEYS[0], payload, hashlib.sha256).hexdigest()
     assert signed == record.evolve(signature=sig)
+    # Stored as it was signed: the signed bytes, then the signature and the extra fields.
     assert signed.to_json({"expires_at": 99.5}) == (
+        payload[:-1].decode() + f',"signature":"{sig}","expires_at":99.5}}'
+    )
+    msg.verify_record(TaskRecord.from_json(signed.to_json({"expires_at": 99.5})), KEYS)
+
+
+def test_a_record_an_earlier_version_signed_with_sorted_keys_still_verifies() -> None:
+    # Earlier versions signed the record's JSON with sorted keys, and stored it in
+    # declaration order (with non-ASCII text as is).
+    sig = "459266076d5ab915e7ac17a48bd1a6b98a9a179275e4cd36f20f80556136ea22"
+    earlier = (
         '{"id":"t1","state":"FAILURE","task":"tutorial.add","queue":"default","result":"b64==",'
         '"result_encoding":"cloudpickle","result_repr":"ValueError(\'né\')",'
         '"exc_type":"ValueError","exc_message":"né","traceback":"Traceback...","retries":1,'
@@ -242,8 +269,11 @@ def test_a_record_signs_and_stores_the_bytes_of_earlier_versions() -> None:
         '"started_at":3.0,"finished_at":4.0,"meta":{"b":[1,2],"a":{"d":null,"c":true}},'
         f'"signature":"{sig}","expires_at":99.5}}'
     )
-    assert TaskRecord.from_json(signed.to_json()) == signed
-    msg.verify_record(TaskRecord.from_json(signed.to_json()), KEYS)
+    record = TaskRecord.from_json(earlier)
+    assert record == pinned_record().evolve(signature=sig)
+    msg.verify_record(record, KEYS)
+    with pytest.raises(SignatureError):
+        msg.verify_record(record.evolve(retries=2), KEYS)
 
 
 def test_evolving_a_record_or_header_changes_only_the_fields_given() -> None:

@@ -2,7 +2,7 @@
 
 On the wire a message is one line of JSON, a newline, and the body bytes:
 
-    {"v":1,"id":"5f0c…","task":"tutorial.add","queue":"default","retries":0,…,"sig":"…"}\\n<body>
+    {"by_value":false,"created":1700000000.5,…,"task":"tutorial.add","v":1,"sig":"…"}\\n<body>
 
 The header carries everything the supervisor needs to route, check and account for a task
 without deserializing anything: id, task name, queue, retries, max_retries, eta, expires,
@@ -14,6 +14,12 @@ With a secret, the signature is HMAC-SHA256 over the canonical header (sorted ke
 without `sig`) and the body, so a changed task name, eta, retry count or argument is
 caught before anything is loaded. Several secrets may be accepted at once (key rotation);
 the first one signs.
+
+The header line is that canonical header with `sig` added as its last key (`null`
+without a secret): one encoding per message, and a worker checks the signature over the
+bytes it received, without encoding the header again (`verify`). Readers parse the line:
+the order of its keys is not part of the format, and lines written by earlier pluq
+versions, in field declaration order, read and verify as before.
 """
 
 from __future__ import annotations
@@ -50,8 +56,21 @@ _SEPARATOR: Final = b"\n"
 _MAX_HEADER: Final = 1 << 20
 
 
+class _HeaderLine:
+    """Header's one slot outside its dataclass fields: the header line `decode` read it
+    from, for `verify` to check the signature against.
+
+    A base class because a `slots=True` dataclass has a slot for each field and no other:
+    a slot here is not an init argument, not compared, not in the repr, not pickled, and
+    not carried over by `evolve` (a changed header is not the line it was read from).
+    """
+
+    __slots__ = ("_line",)
+    _line: bytes
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Header:
+class Header(_HeaderLine):
     id: str
     task: str
     queue: str
@@ -73,6 +92,7 @@ class Header:
     v: int = FORMAT_VERSION
 
     def evolve(self, **changes: Any) -> Header:
+        """A new header with `changes` applied (and no header line it was decoded from)."""
         return Header(**{**self._fields(), **changes})
 
     def canonical(self) -> bytes:
@@ -82,8 +102,7 @@ class Header:
         return _CANONICAL_JSON.encode(data).encode()
 
     def _fields(self) -> dict[str, Any]:
-        # Written out (not dataclasses.asdict, which deep-copies): the order is the wire
-        # order, so a message's header line reads the same as in every earlier pluq.
+        # Written out: dataclasses.asdict deep-copies every value.
         return {
             "id": self.id,
             "task": self.task,
@@ -103,27 +122,29 @@ class Header:
         }
 
 
-# One encoder each, built once: json.dumps with options builds a new encoder per call.
+# Built once: json.dumps with options builds a new encoder per call.
 _CANONICAL_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-_WIRE_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-_FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "id": (str,),
-    "task": (str,),
-    "queue": (str,),
-    "serializer": (str,),
-    "retries": (int,),
-    "max_retries": (int, type(None)),
-    "eta": (int, float, type(None)),
-    "expires": (int, float, type(None)),
-    "created": (int, float),
-    "by_value": (bool,),
-    "seen": (int,),
-    "lost": (int,),
-    "meta": (dict,),
-    "sig": (str, type(None)),
-    "v": (int,),
+# The exact types each header field may have. json.loads builds nothing but exact built-in
+# types, so `type(value) in ...` is the isinstance check at less cost, and keeps a bool out
+# of the number fields (bool is an int subclass) without a second test.
+_FIELD_TYPES: Final[dict[str, frozenset[type]]] = {
+    "id": frozenset({str}),
+    "task": frozenset({str}),
+    "queue": frozenset({str}),
+    "serializer": frozenset({str}),
+    "retries": frozenset({int}),
+    "max_retries": frozenset({int, type(None)}),
+    "eta": frozenset({int, float, type(None)}),
+    "expires": frozenset({int, float, type(None)}),
+    "created": frozenset({int, float}),
+    "by_value": frozenset({bool}),
+    "seen": frozenset({int}),
+    "lost": frozenset({int}),
+    "meta": frozenset({dict}),
+    "sig": frozenset({str, type(None)}),
+    "v": frozenset({int}),
 }
 _FIELD_NAMES: Final = frozenset(_FIELD_TYPES)
 _REQUIRED: Final = ("id", "task", "queue", "serializer")
@@ -136,15 +157,13 @@ def _mac(key: bytes, canonical: bytes, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def _canonical(fields: Mapping[str, Any]) -> bytes:
-    """`Header.canonical()` of a header given as its `_fields()` dict."""
-    return _CANONICAL_JSON.encode({k: v for k, v in fields.items() if k != "sig"}).encode()
-
-
 def _wire(fields: dict[str, Any], body: bytes, keys: Sequence[bytes]) -> bytes:
-    """The wire form of a header given as its `_fields()` dict (its `sig` is replaced)."""
-    fields["sig"] = _mac(keys[0], _canonical(fields), body) if keys else None
-    return _WIRE_JSON.encode(fields).encode() + _SEPARATOR + body
+    """The wire form of a header given as its `_fields()` dict without `sig`: the canonical
+    header with the signature by the first key added as its last key (null without keys)."""
+    canonical = _CANONICAL_JSON.encode(fields).encode()
+    sig = b'"%s"' % _mac(keys[0], canonical, body).encode() if keys else b"null"
+    # The canonical header is a JSON object holding at least "id": cut its final "}".
+    return b"".join((canonical[:-1], b',"sig":', sig, b"}", _SEPARATOR, body))
 
 
 def sign(header: Header, body: bytes, keys: Sequence[bytes]) -> Header:
@@ -163,6 +182,28 @@ def verify(header: Header, body: bytes, keys: Sequence[bytes]) -> None:
             f"message {header.id} is not signed, and this worker requires signed messages; "
             f"give the producer the same secret (App(secret=...) or PLUQ_SECRET)"
         )
+    if not header.sig.isascii():  # hex by construction; compare_digest takes no other str
+        raise SignatureError(f"message {header.id} has a signature that is not hex: forged")
+    # The fast path, for a header decoded from a line this pluq wrote: the canonical header
+    # with `,"sig":"<sig>"` added before its final "}" (see `_wire`). Cut that suffix and
+    # what is left is the canonical bytes the producer signed, if it signed any. It is safe
+    # because a canonical header never has a top-level "sig" key (`canonical()` drops it):
+    # when a key's MAC over the cut line matches, the line was signed bytes plus this one
+    # "sig" member (a hex digest: nothing escaped in it), so the header decoded from it
+    # holds exactly the fields that were signed. A line that repeats a key before "sig"
+    # (the parser keeps the last) is not signed bytes plus "sig", and no MAC matches it.
+    # When no key matches, the check below decides, as if there were no fast path.
+    line = getattr(header, "_line", None)
+    if line is not None:
+        suffix = b',"sig":"%s"}' % header.sig.encode()
+        if line.endswith(suffix):
+            signed = line[: -len(suffix)] + b"}"
+            for key in keys:
+                if hmac.compare_digest(header.sig, _mac(key, signed, body)):
+                    return
+    # Lines in another key order (earlier pluq versions wrote declaration order), headers
+    # built or changed in this process, and lines whose fast path failed: encode the header
+    # canonically and check that.
     canonical = header.canonical()
     for key in keys:
         if hmac.compare_digest(header.sig, _mac(key, canonical, body)):
@@ -174,18 +215,22 @@ def verify(header: Header, body: bytes, keys: Sequence[bytes]) -> None:
 
 
 def encode(header: Header, body: bytes, keys: Sequence[bytes] = ()) -> bytes:
-    """The wire form of a message, signed when keys are given."""
-    return _wire(header._fields(), body, keys)
+    """The wire form of a message, signed when keys are given (`header.sig` is ignored)."""
+    fields = header._fields()
+    del fields["sig"]
+    return _wire(fields, body, keys)
 
 
 def decode(data: bytes) -> tuple[Header, bytes]:
     """Split wire bytes into header and body, checking the header's shape (not the body).
 
     Raises MessageError, naming what is wrong, for anything that is not a pluq message.
+    The header keeps the line it was read from, for `verify`.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MessageError(f"a message must be bytes, not {type(data).__name__}")
-    data = bytes(data)
+    if type(data) is not bytes:  # what transports hand over needs no check and no copy
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise MessageError(f"a message must be bytes, not {type(data).__name__}")
+        data = bytes(data)
     end = data.find(_SEPARATOR, 0, _MAX_HEADER)
     if end < 0:
         if len(data) > _MAX_HEADER and data[:1] == b"{":
@@ -196,14 +241,16 @@ def decode(data: bytes) -> tuple[Header, bytes]:
         raise MessageError(
             "not a pluq message: no header line (the bytes are truncated or foreign)"
         )
+    line = data[:end]
     try:
-        raw = json.loads(data[:end].decode())  # the header line is UTF-8 by definition
+        raw = json.loads(line.decode())  # the header line is UTF-8 by definition
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageError(f"not a pluq message: the header is not JSON ({exc})") from None
-    if not isinstance(raw, dict):
+    # Exact type tests below: json.loads builds only exact built-in types (see _FIELD_TYPES).
+    if type(raw) is not dict:
         raise MessageError("not a pluq message: the header is not a JSON object")
     version = raw.get("v")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if type(version) is not int:  # also refuses a bool
         raise MessageError("not a pluq message: the header has no format version")
     if version > FORMAT_VERSION:
         raise MessageError(
@@ -213,26 +260,33 @@ def decode(data: bytes) -> tuple[Header, bytes]:
     missing = [name for name in _REQUIRED if name not in raw]
     if missing:
         raise MessageError(f"not a pluq message: the header lacks {', '.join(missing)}")
-    unknown = raw.keys() - _FIELD_NAMES
-    if unknown:
+    if not _FIELD_NAMES.issuperset(raw):
         # Unknown fields would fall outside what this version signs: refuse, don't ignore.
+        unknown = sorted(raw.keys() - _FIELD_NAMES)
         raise MessageError(
-            f"message header has fields this pluq does not know ({', '.join(sorted(unknown))}); "
+            f"message header has fields this pluq does not know ({', '.join(unknown)}); "
             f"upgrade pluq on the workers"
         )
     for name, value in raw.items():
-        types = _FIELD_TYPES[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if type(value) not in _FIELD_TYPES[name]:
             raise MessageError(f"not a pluq message: header field {name!r} has a bad value")
-    return Header(**raw), data[end + 1 :]
+    header = Header(**raw)
+    object.__setattr__(header, "_line", line)  # frozen: past the dataclass's guard
+    return header, data[end + 1 :]
 
 
 def sign_record(record: TaskRecord, keys: Sequence[bytes]) -> TaskRecord:
-    """The record with its HMAC set by the first key (unchanged without keys)."""
+    """The record with its HMAC set by the first key (unchanged without keys).
+
+    The signed record carries its stored JSON, made from the bytes it was signed over, so
+    that storing it does not encode it again (see `TaskRecord.to_json`).
+
+    Raises SerializationError when a field (a result, a meta value) is not JSON.
+    """
     if not keys:
         return record
-    mac = hmac.new(keys[0], record.signing_payload(), hashlib.sha256).hexdigest()
-    return record.evolve(signature=mac)
+    key = keys[0]
+    return record._signed(lambda payload: hmac.new(key, payload, hashlib.sha256).hexdigest())
 
 
 def verify_record(record: TaskRecord, keys: Sequence[bytes]) -> None:
@@ -241,6 +295,11 @@ def verify_record(record: TaskRecord, keys: Sequence[bytes]) -> None:
         return
     if record.signature:
         payload = record.signing_payload()
+        for key in keys:
+            expected = hmac.new(key, payload, hashlib.sha256).hexdigest()
+            if hmac.compare_digest(record.signature, expected):
+                return
+        payload = record._earlier_signing_payload()  # stored by an earlier pluq
         for key in keys:
             expected = hmac.new(key, payload, hashlib.sha256).hexdigest()
             if hmac.compare_digest(record.signature, expected):
@@ -296,12 +355,12 @@ class Packer:
     """Builds the messages of many calls of one task with the same options, fast.
 
     `packer.pack(args, kwargs, now)` gives the bytes `pack(...)` gives for the same call
-    (tests pin it), at about half the cost: the header's JSON, canonical and wire, is
-    encoded once here with placeholders, and each message only fills in its id, its
-    creation time and its signature.
+    (tests pin it), at about half the cost: the header's canonical JSON is encoded once
+    here with placeholders, and each message only fills in its id, its creation time and
+    its signature.
     """
 
-    __slots__ = ("_canonical", "_dumps", "_fn", "_mac", "_not_before", "_queue", "_wire")
+    __slots__ = ("_dumps", "_fn", "_mac", "_not_before", "_queue", "_template")
 
     def __init__(
         self,
@@ -330,15 +389,13 @@ class Packer:
                 marks["id"], task, queue, serializer.name, max_retries, not_before, expires,
                 marks["created"], fn is not None, dict(meta) if meta else {},
             )  # fmt: skip
-            fields["sig"] = marks["sig"]
-            canonical = _split(_canonical(fields).decode(), marks, ("created", "id"))
-            wire = _split(_WIRE_JSON.encode(fields), marks, ("id", "created", "sig"))
-            if canonical is not None and wire is not None:
+            # Sorted keys: "created" comes before "id".
+            template = _split(_CANONICAL_JSON.encode(fields), marks, ("created", "id"))
+            if template is not None:
                 break
         else:  # pragma: no cover - three draws of 128 random bits all colliding
             raise RuntimeError("could not build a message template")
-        self._canonical = canonical
-        self._wire = wire
+        self._template = template
 
     def pack(
         self, args: Sequence[Any], kwargs: Mapping[str, Any], now: float, task_id: str | None = None
@@ -351,26 +408,26 @@ class Packer:
         body = self._dumps(payload)
         if not task_id:  # as in pack: "" is no id either
             task_id = _new_id()
-            id_canonical = id_wire = b'"' + task_id.encode() + b'"'  # hex: nothing to escape
+            id_json = b'"' + task_id.encode() + b'"'  # hex: nothing to escape
         else:
-            id_canonical = _CANONICAL_JSON.encode(task_id).encode()
-            id_wire = _WIRE_JSON.encode(task_id).encode()
+            id_json = _CANONICAL_JSON.encode(task_id).encode()
         # What the JSON encoder writes for a finite float, without the encoder's overhead.
         if type(now) is float and _MIN_FLOAT <= now <= _MAX_FLOAT:
             created = float.__repr__(now).encode()
         else:
             created = _CANONICAL_JSON.encode(now).encode()
-        c0, c1, c2 = self._canonical
-        w0, w1, w2, w3 = self._wire
+        c0, c1, c2 = self._template
+        canonical = b"".join((c0, created, c1, id_json, c2))
         if self._mac is None:
             sig = b"null"
         else:
             digest = self._mac.copy()
-            digest.update(c0 + created + c1 + id_canonical + c2)
+            digest.update(canonical)
             digest.update(_SEPARATOR)
             digest.update(body)
             sig = b'"' + digest.hexdigest().encode() + b'"'
-        message = b"".join((w0, id_wire, w1, created, w2, sig, w3, _SEPARATOR, body))
+        # As `_wire` writes it: the canonical header with "sig" added as its last key.
+        message = b"".join((canonical[:-1], b',"sig":', sig, b"}", _SEPARATOR, body))
         return Outgoing(self._queue, message, task_id, self._not_before)
 
 
@@ -386,8 +443,9 @@ def _new_header(
     by_value: bool,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    """A new message's header as `Header._fields()` gives it, built directly: a Header
-    object would only be taken apart again (tests pin that both give the same bytes)."""
+    """A new message's header as `Header._fields()` gives it, without `sig`, built
+    directly: a Header object would only be taken apart again (tests pin that both give
+    the same bytes)."""
     return {
         "id": task_id,
         "task": task,
@@ -402,12 +460,11 @@ def _new_header(
         "seen": 0,
         "lost": 0,
         "meta": meta,
-        "sig": None,
         "v": FORMAT_VERSION,
     }
 
 
-_FILLED: Final = ("id", "created", "sig")
+_FILLED: Final = ("id", "created")
 _MAX_FLOAT: Final = sys.float_info.max
 _MIN_FLOAT: Final = -sys.float_info.max
 
@@ -418,7 +475,7 @@ def _split(text: str, marks: Mapping[str, str], order: tuple[str, ...]) -> tuple
     pieces = []
     rest = text
     for name in order:
-        mark = _WIRE_JSON.encode(marks[name])  # ASCII: both encoders write it the same
+        mark = _CANONICAL_JSON.encode(marks[name])
         if text.count(mark) != 1:
             return None
         head, found, rest = rest.partition(mark)
