@@ -339,3 +339,9 @@ def test_a_signature_that_is_not_ascii_is_refused_not_a_crash() -> None:
     header, body = msg.decode(forged)
     with pytest.raises(SignatureError, match="not hex"):
         msg.verify(header, body, KEYS)
+
+
+def test_a_record_signature_that_is_not_ascii_is_refused_not_a_crash() -> None:
+    signed = msg.sign_record(record(), KEYS)
+    with pytest.raises(SignatureError, match="does not match"):
+        msg.verify_record(signed.evolve(signature="é" + signed.signature[1:]), KEYS)

@@ -293,17 +293,15 @@ def verify_record(record: TaskRecord, keys: Sequence[bytes]) -> None:
     """SignatureError unless the record was signed by one of `keys` (no keys: no check)."""
     if not keys:
         return
-    if record.signature:
-        payload = record.signing_payload()
-        for key in keys:
-            expected = hmac.new(key, payload, hashlib.sha256).hexdigest()
-            if hmac.compare_digest(record.signature, expected):
-                return
-        payload = record._earlier_signing_payload()  # stored by an earlier pluq
-        for key in keys:
-            expected = hmac.new(key, payload, hashlib.sha256).hexdigest()
-            if hmac.compare_digest(record.signature, expected):
-                return
+    signature = record.signature
+    if signature and signature.isascii():  # hex; compare_digest takes no other str
+        # This version's encoding first; then the sorted one earlier versions signed.
+        for payload_of in (record.signing_payload, record._earlier_signing_payload):
+            payload = payload_of()
+            for key in keys:
+                expected = hmac.new(key, payload, hashlib.sha256).hexdigest()
+                if hmac.compare_digest(signature, expected):
+                    return
     raise SignatureError(
         f"the result record of task {record.id} is unsigned or its signature does not "
         f"match: it was not written by a worker holding this app's secret; refusing to "
