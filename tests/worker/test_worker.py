@@ -48,6 +48,29 @@ def test_the_main_loop_wakes_on_its_wake_up_pipe(wapp: pluq.App, pool: str) -> N
     supervisor._close()
 
 
+def test_a_slot_holds_about_twenty_milliseconds_of_short_jobs(wapp: pluq.App) -> None:
+    from pluq.worker.supervisor import AHEAD, MAX_DEPTH, SHORT_TASK
+
+    supervisor = wapp.Worker(concurrency=2)._build()  # adaptive: prefetch left to pluq
+    try:
+        assert supervisor._depth(None) == 1  # never seen: one at a time
+        assert supervisor._depth(SHORT_TASK) == 1  # not short
+        assert supervisor._depth(0.001) == round(AHEAD / 0.001) == 20
+        assert supervisor._depth(0.0019) == 10  # just short: 19 ms held, not more
+        assert supervisor._depth(0.00005) == supervisor._depth(0.0) == MAX_DEPTH
+        # with the window grown, the worker reserves as many again per slot
+        supervisor.durations["noop"] = 0.00005
+        supervisor._update_demand()
+        assert supervisor.shared.wanted == 2 * MAX_DEPTH + 2 * MAX_DEPTH
+    finally:
+        supervisor._close()
+    fixed = wapp.Worker(concurrency=2, prefetch=3)._build()
+    try:
+        assert fixed._depth(0.00005) == 1  # a prefetch the user set holds exactly
+    finally:
+        fixed._close()
+
+
 @pytest.mark.parametrize("prefetch", [0, None])
 def test_a_worker_drains_more_tasks_than_it_holds(wapp: pluq.App, prefetch: int | None) -> None:
     # prefetch=0 reserves only for free slots; None grows the window while tasks are short

@@ -59,11 +59,16 @@ STARTED_AFTER = 0.1
 """Seconds a task runs before the worker records it as STARTED."""
 
 SHORT_TASK = 0.002
-"""Seconds: a task whose recent runs averaged less is short. A slot takes up to `DEPTH`
-short jobs at once, and the worker reserves ahead up to `SHORT_PREFETCH` per slot."""
+"""Seconds: a task whose recent runs averaged less is short. While tasks are short, a slot
+is handed several jobs at once, so it never waits for the next one, and the worker reserves
+further ahead (see `Supervisor._depth`): bigger batches, fewer round trips."""
 
-DEPTH = 16
-SHORT_PREFETCH = 32
+AHEAD = 0.02
+"""Seconds of short jobs, by their recent mean run time, that a slot may hold (its running
+job included); the worker reserves as many again per slot beyond them."""
+
+MAX_DEPTH = 64
+"""Jobs a slot may hold at most, however short: a no-op task gets this many."""
 
 
 @dataclass(slots=True)
@@ -230,11 +235,11 @@ class Supervisor(Outcomes):
 
     def _update_demand(self) -> None:
         short = self._short_mode()
-        depth = DEPTH if short else 1
+        depth = self._depth(max(self.durations.values())) if short else 1
         free = sum(max(0, depth - len(s.jobs)) for s in self.slots)
         ahead = self.prefetch
         if short:
-            ahead = max(ahead, SHORT_PREFETCH * len(self.slots))
+            ahead = max(ahead, depth * len(self.slots))
         # Finished messages are leased until their outcomes are stored and acked: those
         # waiting for the store thread, or on it, count against the prefetch.
         storing = len(self._stores) + (len(self._storing[0]) if self._storing else 0)
@@ -252,6 +257,13 @@ class Supervisor(Outcomes):
             and bool(self.durations)
             and all(d < SHORT_TASK for d in self.durations.values())
         )
+
+    def _depth(self, mean: float | None) -> int:
+        """How many jobs a slot may hold while its first job's task averages `mean`
+        seconds: 1 for a task not known to be short, else `AHEAD` worth (2 to `MAX_DEPTH`)."""
+        if not self.adaptive or mean is None or mean >= SHORT_TASK:
+            return 1
+        return max(2, min(MAX_DEPTH, int(AHEAD / max(mean, 1e-6))))
 
     def _is_short(self, task: str) -> bool:
         mean = self.durations.get(task)
@@ -581,15 +593,16 @@ class Supervisor(Outcomes):
                 self._start(slot, self.waiting.popleft())
         if self.waiting and self.adaptive:
             # Only behind short jobs (the first decides: later ones are all short).
-            open_slots = [
-                s
+            depths = {
+                s: self._depth(self.durations.get(s.jobs[0].header.task))
                 for s in self.slots
-                if s.jobs and len(s.jobs) < DEPTH and self._is_short(s.jobs[0].header.task)
-            ]
+                if s.jobs
+            }
+            open_slots = [s for s, depth in depths.items() if len(s.jobs) < depth]
             while open_slots and self.waiting and self._is_short(self.waiting[0].header.task):
                 slot = min(open_slots, key=lambda s: len(s.jobs))
                 self._start(slot, self.waiting.popleft())
-                if len(slot.jobs) >= DEPTH or not slot.jobs:
+                if not slot.jobs or len(slot.jobs) >= depths[slot]:
                     open_slots.remove(slot)
         for slot in self.slots:
             try:
