@@ -13,6 +13,9 @@
 `-A` also reads $PLUQ_APP; without -A, `--broker` defaults to $PLUQ_BROKER, else
 `sqlite:///pluq.db` in the current directory. Each command lives in its own module and
 imports rich and the rest of pluq's machinery only when it runs, so `pluq --help` is fast.
+Typer itself (with click, some 40 ms to import) loads only when needed: the usual
+`pluq worker` command line, where no person reads it, is parsed without it (see
+`pluq.cli._lean`), and the names below load on first use.
 
 Exit codes (constants in `pluq.cli._common`): 0 done, 1 the command could not do its job
 (no such dead letter, a transport error), 2 a usage mistake (option, -A, URL, JSON, task
@@ -21,24 +24,19 @@ name), 69 a feature this installation lacks, 130 a worker stopped by a second Ct
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from pluq.cli import call as _call
-from pluq.cli import demo as _demo
-from pluq.cli import dlq as _dlq
-from pluq.cli import result as _result
-from pluq.cli import status as _status
-from pluq.cli import worker as _worker
-from pluq.cli._common import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    PluqGroup,
-)
+if TYPE_CHECKING:
+    from pluq.cli._commands import cli
+    from pluq.cli._common import (
+        EXIT_FAILURE,
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        EXIT_UNAVAILABLE,
+        EXIT_USAGE,
+    )
 
 __all__ = [
     "EXIT_FAILURE",
@@ -50,60 +48,38 @@ __all__ = [
     "main",
 ]
 
-cli = typer.Typer(
-    cls=PluqGroup,
-    name="pluq",
-    help="pluq: tasks in the background, on a broker you choose (SQLite, files, Redis).\n\n"
-    "Start with [bold]pluq demo[/bold].",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-_RUN = "Run"
-_LOOK = "Inspect"
-_ACT = "Act"
-
-cli.command("worker", rich_help_panel=_RUN)(_worker.worker)
-cli.command("beat", rich_help_panel=_RUN)(_worker.beat)
-cli.command("demo", rich_help_panel=_RUN)(_demo.demo)
-cli.command("status", rich_help_panel=_LOOK)(_status.status)
-cli.command("result", rich_help_panel=_LOOK)(_result.result)
-cli.add_typer(_dlq.dlq, name="dlq", rich_help_panel=_LOOK)
-cli.command("call", rich_help_panel=_ACT)(_call.call)
-cli.command("purge", rich_help_panel=_ACT)(_dlq.purge)
+_LAZY = {
+    "cli": "pluq.cli._commands",
+    "EXIT_FAILURE": "pluq.cli._common",
+    "EXIT_INTERRUPTED": "pluq.cli._common",
+    "EXIT_OK": "pluq.cli._common",
+    "EXIT_UNAVAILABLE": "pluq.cli._common",
+    "EXIT_USAGE": "pluq.cli._common",
+}
+"""Public name -> the module (on typer) that defines it, imported when first read."""
 
 
-def _version(value: bool) -> None:
-    if value:
-        from pluq import __version__
-
-        typer.echo(f"pluq {__version__}")
-        raise typer.Exit(EXIT_OK)
-
-
-@cli.callback()
-def _root(
-    version: Annotated[
-        bool | None,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print pluq's version and exit."
-        ),
-    ] = None,
-) -> None:
-    """pluq: tasks in the background, on a broker you choose (SQLite, files, Redis).
-
-    Start with [bold]pluq demo[/bold]; then [bold]pluq worker -A yourmodule:app[/bold].
-    """
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pluq.cli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later reads skip this function
+    return value
 
 
 def main() -> None:
     """The `pluq` console script (and `python -m pluq`).
 
     A real program, not a test calling the commands in its own process: `pluq worker`
-    may replace this process with a lean one (see `pluq.worker._run`).
+    replaces this process with a lean one (see `pluq.worker._run`), straight away for
+    the usual command line where no person reads it (`pluq.cli._lean`).
     """
+    from pluq.cli import _lean
+
+    _lean.run(sys.argv[1:])  # returns only when typer is to read the command line
+    from pluq.cli import worker as _worker
+    from pluq.cli._commands import cli
+
     _worker.lean_exec = True
     cli(prog_name="pluq")

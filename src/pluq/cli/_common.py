@@ -8,8 +8,6 @@ never a traceback: `PluqGroup.invoke` is the one place that turns errors into th
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
 import json
 import os
 import sys
@@ -21,6 +19,11 @@ import typer
 from typer.core import TyperGroup
 
 from pluq.errors import ConfigurationError, NotRegistered, PluqError
+
+# Finding the app is shared with the lean worker process, which makes `pluq worker`'s
+# checks itself and never imports pluq.cli (its children would carry typer).
+from pluq.worker._run import CliError, load_app, require_shared, split_names
+from pluq.worker._run import open_app as _open_app
 
 if TYPE_CHECKING:
     from pluq.app import App
@@ -63,15 +66,6 @@ EXIT_INTERRUPTED: Final = 130
 """Stopped at once by a second Ctrl-C (128 + SIGINT, as shells report it)."""
 
 DEFAULT_BROKER: Final = "sqlite:///pluq.db"
-
-
-class CliError(Exception):
-    """A mistake or a failure to report as one line on stderr, with an exit code."""
-
-    def __init__(self, message: str, *, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 def _say(prefix: str, style: str, message: str) -> None:
@@ -165,158 +159,6 @@ class Pool(StrEnum):
 # -- finding the app ---------------------------------------------------------------------
 
 
-def _add_cwd_to_path() -> None:
-    # Like `python -m` and Celery: the folder you run pluq from is importable.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-
-
-def _module_name(spec: str) -> str:
-    """`tasks.py` or `pkg/tasks.py` (a file people type) becomes `tasks` / `pkg.tasks`."""
-    if spec.endswith(".py"):
-        return spec[:-3].replace(os.sep, ".").replace("/", ".").lstrip(".")
-    return spec
-
-
-def _import(module_name: str, spec: str) -> Any:
-    """The module, or None when no module of that name exists (not one it imports)."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
-            return None
-        raise CliError(
-            f"-A {spec}: importing {module_name} failed: {exc}; install what it needs",
-            code=EXIT_USAGE,
-        ) from exc
-    except ConfigurationError as exc:
-        raise CliError(f"-A {spec}: {exc}", code=EXIT_USAGE) from exc
-    except Exception as exc:
-        raise CliError(
-            f"-A {spec}: importing {module_name} raised {type(exc).__name__}: {exc} "
-            f"(python -c 'import {module_name}' shows the traceback)",
-            code=EXIT_USAGE,
-        ) from exc
-
-
-def _no_module(module_name: str, spec: str) -> CliError:
-    return CliError(
-        f"-A {spec}: there is no module named {module_name!r} in {os.getcwd()} or on "
-        f"sys.path; run pluq from the folder that holds it, or fix the name",
-        code=EXIT_USAGE,
-    )
-
-
-def _apps_in(module: Any) -> list[str]:
-    from pluq.app import App
-
-    return [name for name, value in vars(module).items() if isinstance(value, App)]
-
-
-def load_app(spec: str) -> App:
-    """The App that `-A spec` names: `module:attr`, `module:factory`, or `module`.
-
-    With a module alone, its attribute `app` is taken, else the one App it holds.
-    """
-    from pluq.app import App
-
-    spec = spec.strip()
-    module_part, colon, attr = spec.partition(":")
-    module_name = _module_name(module_part)
-    if not module_name or (colon and not attr):
-        raise CliError(
-            f"-A {spec!r}: write it as module:app (or just module), e.g. -A tasks:app",
-            code=EXIT_USAGE,
-        )
-    _add_cwd_to_path()
-    module = _import(module_name, spec)
-    if module is None and not colon and "." in module_name:
-        # "proj.app" may name the attribute `app` of module `proj`, as in Celery.
-        parent, _, attr = module_name.rpartition(".")
-        module = _import(parent, spec)
-        if module is not None:
-            module_name = parent
-    if module is None:
-        raise _no_module(module_name, spec)
-
-    if not attr:
-        candidate = getattr(module, "app", None)
-        if isinstance(candidate, App):
-            return candidate
-        found = _apps_in(module)
-        if len(found) == 1:
-            app: App = getattr(module, found[0])
-            return app
-        if not found:
-            raise CliError(
-                f"-A {spec}: module {module_name} has no pluq.App; create one there "
-                f"(app = pluq.App(...)) or name it: -A {module_name}:name",
-                code=EXIT_USAGE,
-            )
-        raise CliError(
-            f"-A {spec}: module {module_name} has several apps ({', '.join(found)}); "
-            f"choose one: -A {module_name}:{found[0]}",
-            code=EXIT_USAGE,
-        )
-
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            found = _apps_in(module)
-            hint = f"; its apps: {', '.join(found)}" if found else ""
-            raise CliError(
-                f"-A {spec}: module {module_name} has no attribute {attr!r}{hint}",
-                code=EXIT_USAGE,
-            )
-        target = getattr(target, part)
-    if inspect.isfunction(target):
-        # A factory: `-A module:create_app`.
-        try:
-            target = target()
-        except ConfigurationError as exc:
-            raise CliError(f"-A {spec}: {exc}", code=EXIT_USAGE) from exc
-    if not isinstance(target, App):
-        raise CliError(
-            f"-A {spec}: {module_name}.{attr} is not a pluq.App (its type is "
-            f"{type(target).__name__})",
-            code=EXIT_USAGE,
-        )
-    return target
-
-
-def _check_url(url: str) -> None:
-    from pluq.registry import URL, transport_for
-
-    transport_for(URL.parse(url))  # ConfigurationError names the problem and the fix
-
-
-def _repoint(app: App, broker: str | None, backend: str | None) -> None:
-    """Point an app loaded with -A at the broker/backend given on the command line."""
-    from pluq.app import App
-
-    new_broker = broker or app.broker_url
-    if backend:
-        new_backend = backend
-    elif broker and app.backend_url == app.broker_url:
-        new_backend = broker
-    else:
-        new_backend = app.backend_url
-    # A throwaway App runs every check the real one ran (URLs, unsigned pickle on a
-    # network transport) against the new URLs.
-    App(
-        new_broker,
-        backend=new_backend,
-        serializer=app.serializer.name,
-        secret=list(app.keys) or None,
-        allow_unsigned_pickle=app.allow_unsigned_pickle,
-    )
-    app.close()
-    app.broker_url = new_broker
-    app.backend_url = new_backend
-
-
 def open_app(
     spec: str | None,
     broker: str | None = None,
@@ -328,34 +170,11 @@ def open_app(
 
     A bare app has no tasks: it can queue by name, read results and administer queues,
     and a worker built on it runs tasks that travel by value (defined in `__main__`).
+    The command closes it when it ends.
     """
-    from pluq.app import App
-
-    for url in (broker, backend):
-        if url:
-            _check_url(url)
-    if spec:
-        app = load_app(spec)
-        if broker or backend:
-            _repoint(app, broker, backend)
-    else:
-        app = App(broker, backend=backend, serializer=serializer)
+    app = _open_app(spec, broker, backend, serializer=serializer)
     _opened.append(app)
     return app
-
-
-def require_shared(url: str, what: str) -> None:
-    """Refuse a transport that lives in one process for a command that needs two."""
-    from pluq.registry import URL, shared_between_processes
-
-    parsed = URL.parse(url)
-    if not shared_between_processes(parsed):
-        raise CliError(
-            f"{parsed.redacted} keeps its queues inside one process, so {what} would never "
-            f"meet the program that queues the tasks; use a transport that processes share: "
-            f"sqlite:///pluq.db (the default), file:///some/dir or redis://host:6379/0",
-            code=EXIT_USAGE,
-        )
 
 
 def require_existing(url: str) -> None:
@@ -394,17 +213,6 @@ def parse_json(option: str, text: str, kind: type[list[Any]] | type[dict[str, An
             code=EXIT_USAGE,
         )
     return value
-
-
-def split_names(values: Iterable[str] | None) -> list[str]:
-    """`-Q a,b -Q c` -> ["a", "b", "c"], without blanks or repeats, in order."""
-    names: list[str] = []
-    for value in values or ():
-        for name in value.split(","):
-            name = name.strip()
-            if name and name not in names:
-                names.append(name)
-    return names
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from types import FrameType
@@ -18,15 +17,20 @@ import typer
 from pluq.cli._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_UNAVAILABLE,
     AppOption,
     BrokerOption,
-    CliError,
     Pool,
-    _module_name,
+    _opened,
     open_app,
     require_shared,
-    split_names,
+)
+from pluq.worker._run import (
+    BURST_POLL,
+    Settings,
+    open_worker,
+    print_banner,
+    scheduler_runner,
+    serve,
 )
 
 if TYPE_CHECKING:
@@ -37,13 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = ["BURST_POLL", "beat", "drain_progress", "scheduler_runner", "worker"]
 
-BURST_POLL = 0.1
-"""Seconds a burst worker's reserve waits (the worker's default is 0.5)."""
-
 lean_exec = False
 """Set by `pluq.cli.main()`, the real program: `pluq worker` then replaces its process
-with the lean one (`pluq.worker._run`). Left False, as when tests call the command in
-their own process, it runs the worker itself."""
+with the lean one (`pluq.worker._run`), which makes the checks and prints the banner. Left
+False, as when tests call the command in their own process, it runs the worker itself."""
 
 
 class LogLevel(StrEnum):
@@ -65,51 +66,8 @@ JsonLogsOption = Annotated[
 ]
 
 
-def scheduler_runner() -> Callable[..., None]:
-    """`pluq.scheduler.run_scheduler`, or a clear error when this pluq has no scheduler."""
-    import importlib
-
-    try:
-        scheduler: Any = importlib.import_module("pluq.scheduler")
-    except ModuleNotFoundError as exc:
-        if exc.name != "pluq.scheduler":
-            raise
-        scheduler = None
-    runner = getattr(scheduler, "run_scheduler", None)
-    if runner is None:
-        raise CliError(
-            "periodic tasks (pluq beat, pluq worker --beat) are not available yet in this "
-            "version of pluq: it has no scheduler (pluq.scheduler.run_scheduler)",
-            code=EXIT_UNAVAILABLE,
-        )
-    run: Callable[..., None] = runner
-    return run
-
-
 def _banner(console: Console, app: App, app_spec: str | None, w: Worker, beat: bool) -> None:
-    from rich.panel import Panel
-    from rich.table import Table
-
-    from pluq import __version__
-    from pluq.registry import URL
-
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold cyan", no_wrap=True)
-    grid.add_column()
-    grid.add_row("broker", URL.parse(app.broker_url).redacted)
-    if app.backend_url != app.broker_url:
-        grid.add_row("backend", URL.parse(app.backend_url).redacted)
-    if app_spec:
-        names = sorted(app.tasks)
-        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-        grid.add_row("app", f"{app_spec} ({len(names)} tasks: {shown or 'none'})")
-    else:
-        grid.add_row("app", "none (-A not given): runs tasks that travel by value only")
-    grid.add_row("queues", ", ".join(w.queues))
-    grid.add_row("concurrency", f"{w.concurrency} ({w.pool})")
-    grid.add_row("pid", f"{os.getpid()} on {socket.gethostname()}")
-    grid.add_row("beat", "on: queueing periodic tasks" if beat else "off")
-    console.print(Panel(grid, title=f"pluq {__version__} worker", title_align="left", expand=False))
+    print_banner(console, app, app_spec, w, beat)
 
 
 @contextmanager
@@ -219,58 +177,31 @@ def worker(
     Without -A it runs only tasks that travel by value (defined in a notebook or __main__).
     """
     from pluq.cli._console import err_console
-    from pluq.worker._run import Settings, become_lean, serve
+    from pluq.cli._lean import become_lean
 
-    app = open_app(app_spec, broker)
-    require_shared(app.broker_url, "a worker started here")
-    require_shared(app.backend_url, "a worker started here")
-    if beat:
-        scheduler_runner()  # fail before the banner, not after
     settings = Settings(
         app_spec=app_spec,
-        app=_app_location(app_spec, app) if app_spec else None,
-        broker_url=app.broker_url,
-        backend_url=app.backend_url,
-        worker={
-            "concurrency": concurrency,
-            "queues": split_names(queues) or None,
-            "pool": pool.value,
-            "name": name,
-            # A burst worker stops once a reserve finds nothing: short waits end it sooner.
-            **({"poll": BURST_POLL} if burst else {}),
-        },
+        broker=broker,
+        concurrency=concurrency,
+        queues=list(queues or ()),
+        pool=pool.value,
+        name=name,
         burst=burst,
         beat=beat,
         loglevel=loglevel.value,
         json_logs=json_logs,
     )
-    w = settings.make_worker(app)
+    if lean_exec:
+        # The lean process makes the checks below and prints the banner: the app is
+        # imported once, there.
+        become_lean(settings.encode(), sys.argv[1:])  # returns only where it cannot exec
+    app, w = open_worker(settings)
+    _opened.append(app)  # closed when the command ends
     console = err_console()
     if not json_logs:  # with --json-logs, the worker logs its start instead
         _banner(console, app, app_spec, w, beat)
-    if lean_exec:
-        app.close()
-        become_lean(settings, sys.argv[1:])  # returns only where it cannot exec
     code = serve(app, w, settings, terminal=console if console.is_terminal else None)
     raise typer.Exit(EXIT_INTERRUPTED if code == EXIT_INTERRUPTED else EXIT_OK)
-
-
-def _app_location(app_spec: str, app: App) -> tuple[str, str]:
-    """(module, attribute path) under which the lean process finds the app `-A` named.
-
-    `module:attr` says it (a factory is called again there); for `module` alone (its
-    `app`, or its one App) and `package.app`, the attribute holding `app` is looked up.
-    """
-    module_part, colon, attr = app_spec.strip().partition(":")
-    module_name = _module_name(module_part)
-    if colon:
-        return module_name, attr
-    for candidate in (module_name, module_name.rpartition(".")[0]):
-        module = sys.modules.get(candidate)
-        names = [k for k, v in vars(module).items() if v is app] if module else []
-        if names:
-            return candidate, "app" if "app" in names else names[0]
-    raise CliError(f"-A {app_spec}: cannot find the app again in {module_name}; use -A module:app")
 
 
 def beat(

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pluq.errors import ConfigurationError
 
-# The pool, the child and multiprocessing are imported when a worker is built, not here:
-# `pluq worker` checks its options with a Worker before it becomes the lean worker process
-# (pluq.worker._run), which imports them for good.
+# The pool, the child and multiprocessing are imported when a worker runs (`_build`), not
+# here: building a Worker only checks its options.
 if TYPE_CHECKING:
     from pluq.app import App
     from pluq.worker.supervisor import Supervisor
@@ -66,10 +65,11 @@ class Worker:
         queues: the queues to consume, earlier ones first (default: the app's default).
         pool: "processes" (default: children, killable), "threads", or "solo" (in the
             worker's own thread, one at a time).
-        prefetch: messages reserved beyond the free slots (default: concurrency, at most 8,
-            growing to 16 per slot while every task runs under 2 ms, when a slot is also
-            handed up to 4 such jobs at once). Set it to hold exactly that many: a long
-            task then never has another waiting behind it in its slot.
+        prefetch: messages reserved beyond the free slots (default: concurrency, at most 8;
+            while every task runs under 2 ms, each slot is handed about 20 ms of them at
+            once, up to 64, and the worker reserves as many again per slot). Set it to hold
+            exactly that many: a long task then never has another waiting behind it in its
+            slot.
         lease: seconds a reserved message stays invisible to other workers; renewed while
             the worker holds it. A worker that dies loses its messages to others after this.
         heartbeat_interval: seconds between the worker's registrations.

@@ -2,32 +2,37 @@
 
 `pluq worker` runs on typer and rich, which weigh about 15 MB (typer imports pydantic), and
 the children of a processes pool are forked copies of whatever the worker holds when they
-start. So the command checks the options, opens the app and prints the banner, then
-replaces itself (`os.execve`, the same process id: signals, systemd and exit codes are
-unchanged) with
+start. So the command only parses its options, then replaces itself (`os.execve`, the
+same process id: signals, systemd and exit codes are unchanged) with
 
     python -P -m pluq.worker._run pluq worker -A tasks:app ...     (the arguments, for ps)
 
-which reads its settings from $PLUQ_WORKER_SETTINGS (not the command line, where a
-broker password would show in ps), imports the app, forks the children, and only then
-opens the broker (redis-py alone is about 20 MB). Where stderr is not a terminal (systemd,
-containers, the bench) it imports neither typer nor rich; on a terminal, rich colours the
-log lines, and `--burst` shows the command line's drain bar.
+which reads the options from $PLUQ_WORKER_SETTINGS (not the command line, where a broker
+password would show in ps), makes the command's checks (`open_worker`: -A, the URLs, the
+worker's options; a mistake ends it as it ends the command, one `error:` line and the
+same exit code), prints the banner, forks the children, and only then opens the broker
+(redis-py alone is about 20 MB). The app is imported once, here. Where stderr is not a
+terminal (systemd, containers, the bench) neither this process nor the command imports
+typer or rich (`pluq.cli._lean` reads the usual options without them); on a terminal,
+rich colours the banner and the log lines, and `--burst` shows the command line's drain
+bar.
 
 Only the real program execs (`pluq.cli.main`, the console script and `python -m pluq`).
-`pluq worker` called in-process (typer's CliRunner, in tests) runs `serve` itself.
+`pluq worker` called in-process (typer's CliRunner, in tests) makes the same checks with
+the same functions, and runs `serve` itself.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -43,38 +48,51 @@ if TYPE_CHECKING:
     from pluq.worker import Worker
 
 __all__ = [
+    "BURST_POLL",
     "SETTINGS_ENV",
+    "CliError",
     "JsonFormatter",
     "Settings",
-    "become_lean",
+    "load_app",
     "logging_on",
     "main",
+    "open_app",
+    "open_worker",
+    "print_banner",
+    "require_shared",
+    "scheduler_runner",
     "serve",
+    "split_names",
 ]
 
 SETTINGS_ENV: Final = "PLUQ_WORKER_SETTINGS"
-"""Carries `Settings` as JSON from `pluq worker` to the process it becomes."""
+"""Carries `Settings` as JSON from `pluq worker` to the process it becomes (the same name
+as `pluq.cli._lean.SETTINGS_ENV`, which sets it: a test checks)."""
 
 _MODULE: Final = "pluq.worker._run"
-# pluq.cli's EXIT_FAILURE and EXIT_USAGE (pluq.cli imports typer).
+# pluq.cli's EXIT_FAILURE, EXIT_USAGE and EXIT_UNAVAILABLE (pluq.cli imports typer).
 _EXIT_FAILURE: Final = 1
 _EXIT_USAGE: Final = 2
+_EXIT_UNAVAILABLE: Final = 69
+
+BURST_POLL: Final = 0.1
+"""Seconds a burst worker's reserve waits (the worker's default is 0.5)."""
 
 
 @dataclass(slots=True)
 class Settings:
-    """What `pluq worker` decided, everything the process it becomes needs.
+    """The options of `pluq worker`, as its command line gave them, not yet checked.
 
-    `app` is where the app of `-A` lives, as (module, attribute path); an attribute that
-    is a factory function is called again. None: a bare app on `broker_url`.
+    The lean process checks them (`open_worker`) as the command does in-process, so the
+    app of `-A` is imported once. `queues` holds each -Q as given ("a,b" included).
     """
 
-    app_spec: str | None
-    app: tuple[str, str] | None
-    broker_url: str
-    backend_url: str
-    worker: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of `App.Worker`: concurrency, queues, pool, name, poll."""
+    app_spec: str | None = None
+    broker: str | None = None
+    concurrency: int | None = None
+    queues: list[str] = field(default_factory=list)
+    pool: str = "processes"
+    name: str | None = None
     burst: bool = False
     beat: bool = False
     loglevel: str = "INFO"
@@ -85,31 +103,274 @@ class Settings:
 
     @classmethod
     def decode(cls, text: str) -> Settings:
-        data = json.loads(text)
-        if data["app"] is not None:
-            data["app"] = tuple(data["app"])
-        return cls(**data)
+        return cls(**json.loads(text))
 
-    def open_app(self) -> App:
-        """The app, as `pluq worker` had it (imported from the current folder)."""
-        from pluq.app import App
+    def worker_options(self) -> dict[str, Any]:
+        """Keyword arguments of `App.Worker`: concurrency, queues, pool, name, poll."""
+        return {
+            "concurrency": self.concurrency,
+            "queues": split_names(self.queues) or None,
+            "pool": self.pool,
+            "name": self.name,
+            # A burst worker stops once a reserve finds nothing: short waits end it sooner.
+            **({"poll": BURST_POLL} if self.burst else {}),
+        }
 
-        if self.app is None:
-            return App(self.broker_url, backend=self.backend_url)
-        module_name, attr = self.app
-        # Like `pluq worker`: the folder it runs in is importable (-P left it out of
-        # sys.path while pluq loaded, so a tasks folder never shadows the standard library).
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-        app: App = target if isinstance(target, App) else target()
-        app.broker_url, app.backend_url = self.broker_url, self.backend_url  # --broker
+
+def open_worker(settings: Settings) -> tuple[App, Worker]:
+    """The app and the worker `pluq worker` runs, once the command's checks pass.
+
+    Raises:
+        CliError: a mistake the command reports in one line (-A, a memory:// URL,
+            --beat without a scheduler), with its exit code.
+        ConfigurationError: a bad URL or worker option (exit code 2 at the command line).
+    """
+    app = open_app(settings.app_spec, settings.broker)
+    try:
+        require_shared(app.broker_url, "a worker started here")
+        require_shared(app.backend_url, "a worker started here")
+        if settings.beat:
+            scheduler_runner()  # fail before the banner, not after
+        return app, app.Worker(**settings.worker_options())
+    except BaseException:
+        app.close()
+        raise
+
+
+# -- finding the app (`-A`): the command's checks, shared by every pluq command ------------
+
+
+class CliError(Exception):
+    """A mistake or a failure to report as one line on stderr, with an exit code."""
+
+    def __init__(self, message: str, *, code: int = _EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _add_cwd_to_path() -> None:
+    # Like `python -m` and Celery: the folder you run pluq from is importable.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _module_name(spec: str) -> str:
+    """`tasks.py` or `pkg/tasks.py` (a file people type) becomes `tasks` / `pkg.tasks`."""
+    if spec.endswith(".py"):
+        return spec[:-3].replace(os.sep, ".").replace("/", ".").lstrip(".")
+    return spec
+
+
+def _import(module_name: str, spec: str) -> Any:
+    """The module, or None when no module of that name exists (not one it imports)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            return None
+        raise CliError(
+            f"-A {spec}: importing {module_name} failed: {exc}; install what it needs",
+            code=_EXIT_USAGE,
+        ) from exc
+    except ConfigurationError as exc:
+        raise CliError(f"-A {spec}: {exc}", code=_EXIT_USAGE) from exc
+    except Exception as exc:
+        raise CliError(
+            f"-A {spec}: importing {module_name} raised {type(exc).__name__}: {exc} "
+            f"(python -c 'import {module_name}' shows the traceback)",
+            code=_EXIT_USAGE,
+        ) from exc
+
+
+def _no_module(module_name: str, spec: str) -> CliError:
+    return CliError(
+        f"-A {spec}: there is no module named {module_name!r} in {os.getcwd()} or on "
+        f"sys.path; run pluq from the folder that holds it, or fix the name",
+        code=_EXIT_USAGE,
+    )
+
+
+def _apps_in(module: Any) -> list[str]:
+    from pluq.app import App
+
+    return [name for name, value in vars(module).items() if isinstance(value, App)]
+
+
+def load_app(spec: str) -> App:
+    """The App that `-A spec` names: `module:attr`, `module:factory`, or `module`.
+
+    With a module alone, its attribute `app` is taken, else the one App it holds.
+    """
+    from pluq.app import App
+
+    spec = spec.strip()
+    module_part, colon, attr = spec.partition(":")
+    module_name = _module_name(module_part)
+    if not module_name or (colon and not attr):
+        raise CliError(
+            f"-A {spec!r}: write it as module:app (or just module), e.g. -A tasks:app",
+            code=_EXIT_USAGE,
+        )
+    _add_cwd_to_path()
+    module = _import(module_name, spec)
+    if module is None and not colon and "." in module_name:
+        # "proj.app" may name the attribute `app` of module `proj`, as in Celery.
+        parent, _, attr = module_name.rpartition(".")
+        module = _import(parent, spec)
+        if module is not None:
+            module_name = parent
+    if module is None:
+        raise _no_module(module_name, spec)
+
+    if not attr:
+        candidate = getattr(module, "app", None)
+        if isinstance(candidate, App):
+            return candidate
+        found = _apps_in(module)
+        if len(found) == 1:
+            app: App = getattr(module, found[0])
+            return app
+        if not found:
+            raise CliError(
+                f"-A {spec}: module {module_name} has no pluq.App; create one there "
+                f"(app = pluq.App(...)) or name it: -A {module_name}:name",
+                code=_EXIT_USAGE,
+            )
+        raise CliError(
+            f"-A {spec}: module {module_name} has several apps ({', '.join(found)}); "
+            f"choose one: -A {module_name}:{found[0]}",
+            code=_EXIT_USAGE,
+        )
+
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            found = _apps_in(module)
+            hint = f"; its apps: {', '.join(found)}" if found else ""
+            raise CliError(
+                f"-A {spec}: module {module_name} has no attribute {attr!r}{hint}",
+                code=_EXIT_USAGE,
+            )
+        target = getattr(target, part)
+    if inspect.isfunction(target):
+        # A factory: `-A module:create_app`.
+        try:
+            target = target()
+        except ConfigurationError as exc:
+            raise CliError(f"-A {spec}: {exc}", code=_EXIT_USAGE) from exc
+    if not isinstance(target, App):
+        raise CliError(
+            f"-A {spec}: {module_name}.{attr} is not a pluq.App (its type is "
+            f"{type(target).__name__})",
+            code=_EXIT_USAGE,
+        )
+    return target
+
+
+def _check_url(url: str) -> None:
+    from pluq.registry import check_url
+
+    # ConfigurationError names the problem and the fix. A built-in transport is not
+    # imported: the lean worker checks --broker before it forks, and its children need
+    # no redis-py.
+    check_url(url)
+
+
+def _repoint(app: App, broker: str | None, backend: str | None) -> None:
+    """Point an app loaded with -A at the broker/backend given on the command line."""
+    from pluq.app import App
+
+    new_broker = broker or app.broker_url
+    if backend:
+        new_backend = backend
+    elif broker and app.backend_url == app.broker_url:
+        new_backend = broker
+    else:
+        new_backend = app.backend_url
+    # A throwaway App runs every check the real one ran (URLs, unsigned pickle on a
+    # network transport) against the new URLs.
+    App(
+        new_broker,
+        backend=new_backend,
+        serializer=app.serializer.name,
+        secret=list(app.keys) or None,
+        allow_unsigned_pickle=app.allow_unsigned_pickle,
+    )
+    app.close()
+    app.broker_url = new_broker
+    app.backend_url = new_backend
+
+
+def open_app(
+    spec: str | None,
+    broker: str | None = None,
+    backend: str | None = None,
+    *,
+    serializer: str = "cloudpickle",
+) -> App:
+    """The app of `-A` (re-pointed by --broker/--backend), or a bare one on the broker.
+
+    A bare app has no tasks: it can queue by name, read results and administer queues,
+    and a worker built on it runs tasks that travel by value (defined in `__main__`).
+    """
+    from pluq.app import App
+
+    for url in (broker, backend):
+        if url:
+            _check_url(url)
+    if spec:
+        app = load_app(spec)
+        if broker or backend:
+            _repoint(app, broker, backend)
         return app
+    return App(broker, backend=backend, serializer=serializer)
 
-    def make_worker(self, app: App) -> Worker:
-        return app.Worker(**self.worker)
+
+def require_shared(url: str, what: str) -> None:
+    """Refuse a transport that lives in one process for a command that needs two."""
+    from pluq.registry import URL, shared_between_processes
+
+    parsed = URL.parse(url)
+    if not shared_between_processes(parsed):
+        raise CliError(
+            f"{parsed.redacted} keeps its queues inside one process, so {what} would never "
+            f"meet the program that queues the tasks; use a transport that processes share: "
+            f"sqlite:///pluq.db (the default), file:///some/dir or redis://host:6379/0",
+            code=_EXIT_USAGE,
+        )
+
+
+def scheduler_runner() -> Callable[..., None]:
+    """`pluq.scheduler.run_scheduler`, or a clear error when this pluq has no scheduler."""
+    try:
+        scheduler: Any = importlib.import_module("pluq.scheduler")
+    except ModuleNotFoundError as exc:
+        if exc.name != "pluq.scheduler":
+            raise
+        scheduler = None
+    runner = getattr(scheduler, "run_scheduler", None)
+    if runner is None:
+        raise CliError(
+            "periodic tasks (pluq beat, pluq worker --beat) are not available yet in this "
+            "version of pluq: it has no scheduler (pluq.scheduler.run_scheduler)",
+            code=_EXIT_UNAVAILABLE,
+        )
+    run: Callable[..., None] = runner
+    return run
+
+
+def split_names(values: Iterable[str] | None) -> list[str]:
+    """`-Q a,b -Q c` -> ["a", "b", "c"], without blanks or repeats, in order."""
+    names: list[str] = []
+    for value in values or ():
+        for name in value.split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    return names
 
 
 # -- logging -------------------------------------------------------------------------------
@@ -249,6 +510,56 @@ def _beat_thread(app: App, enabled: bool) -> Iterator[None]:
         thread.join(10)
 
 
+def _banner_rows(app: App, app_spec: str | None, w: Worker, beat: bool) -> list[tuple[str, str]]:
+    """What the banner says, line by line: (label, value)."""
+    import socket
+
+    from pluq.registry import URL
+
+    rows = [("broker", URL.parse(app.broker_url).redacted)]
+    if app.backend_url != app.broker_url:
+        rows.append(("backend", URL.parse(app.backend_url).redacted))
+    if app_spec:
+        names = sorted(app.tasks)
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        rows.append(("app", f"{app_spec} ({len(names)} tasks: {shown or 'none'})"))
+    else:
+        rows.append(("app", "none (-A not given): runs tasks that travel by value only"))
+    rows.append(("queues", ", ".join(w.queues)))
+    rows.append(("concurrency", f"{w.concurrency} ({w.pool})"))
+    rows.append(("pid", f"{os.getpid()} on {socket.gethostname()}"))
+    rows.append(("beat", "on: queueing periodic tasks" if beat else "off"))
+    return rows
+
+
+def print_banner(
+    console: Console | None, app: App, app_spec: str | None, w: Worker, beat: bool
+) -> None:
+    """The banner on stderr: a rich panel on `console`, or (None) plain lines.
+
+    Plain where stderr is not a terminal: a title line, then one line per field, never
+    wrapped, so grep finds them and no rich is imported to draw a box nobody sees.
+    """
+    from pluq import __version__
+
+    title = f"pluq {__version__} worker"
+    rows = _banner_rows(app, app_spec, w, beat)
+    if console is None:
+        width = max(len(label) for label, _ in rows) + 2
+        lines = [title, *(f"  {label:<{width}}{value}" for label, value in rows)]
+        print("\n".join(lines), file=sys.stderr)
+        return
+    from rich.panel import Panel
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan", no_wrap=True)
+    grid.add_column()
+    for label, value in rows:
+        grid.add_row(label, value)
+    console.print(Panel(grid, title=title, title_align="left", expand=False))
+
+
 def _log_start(app: App, settings: Settings, w: Worker) -> None:
     """The banner, for machines (`--json-logs`)."""
     from pluq.registry import URL
@@ -290,65 +601,61 @@ def serve(app: App, w: Worker, settings: Settings, *, terminal: Console | None) 
             return w.run(burst=settings.burst)
 
 
-# -- becoming the lean process, and being it -------------------------------------------------
+# -- being the lean process ------------------------------------------------------------------
 
 
-def become_lean(settings: Settings, argv: list[str]) -> None:
-    """Replace this process with the lean worker (see the module doc); returns only when
-    it cannot (no POSIX exec, no known interpreter): the caller then serves itself.
+_NO_BELL: Final = {7: None, 8: None}
 
-    `argv` (the command's arguments) is passed on for people reading `ps`, not read.
+
+def _fail(message: str, code: int, terminal: Console | None = None) -> int:
+    """`error: message` on stderr, one line (as pluq's commands end), and the exit code.
+
+    On a terminal in rich's colours, as the command prints it; elsewhere plain, the same
+    characters rich would write there (it drops BEL and BS).
     """
-    if os.name != "posix" or not sys.executable:
-        return
-    import subprocess
+    message = " ".join(message.split())
+    if terminal is not None:
+        from rich.text import Text
 
-    # -X, -W, -O...: how this interpreter runs (multiprocessing's spawn passes the same).
-    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    if not (sys.flags.safe_path or sys.flags.isolated):
-        flags.append("-P")
-    env = {**os.environ, SETTINGS_ENV: settings.encode()}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        # "pluq worker ..." stays in the command line: `pgrep -f "pluq worker"` finds it.
-        os.execve(sys.executable, [sys.executable, *flags, "-m", _MODULE, "pluq", *argv], env)
-    except OSError:
-        return  # still this process, unchanged: it runs the worker itself
-
-
-def _fail(message: str, code: int) -> int:
-    """`error: message` on stderr, one line (as pluq's commands end), and the exit code."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        terminal.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    else:
+        print(f"error: {message.translate(_NO_BELL)}", file=sys.stderr)
     return code
 
 
 def main() -> int:
-    """The lean process: the app, the worker, `serve`; the exit code.
+    """The lean process: the command's checks, the banner, `serve`; the exit code.
 
     pluq's errors end it as they end a command: one line, exit code 2 for a mistake in
     the configuration (an unknown URL option is found only when the broker opens), 1
-    for any other.
+    for any other; 69 for --beat where pluq has no scheduler.
     """
     text = os.environ.pop(SETTINGS_ENV, None)  # not for the children, nor what tasks start
     if text is None:
         return _fail(
-            f"{_MODULE} is what `pluq worker` runs once it has checked its options; run "
+            f"{_MODULE} is what `pluq worker` runs once it has parsed its options; run "
             f"pluq worker -A module:app instead",
             _EXIT_USAGE,
         )
     settings = Settings.decode(text)
     terminal = _terminal()
+    # A mistake the checks find ends the lean process as it ends the command (in rich's
+    # colours on a terminal); one only the open broker finds, in a plain line.
     try:
-        app = settings.open_app()
-    except Exception as exc:  # `pluq worker` loaded it a moment ago: rare, but say what
-        return _fail(
-            f"the worker could not load its app again ({type(exc).__name__}: {exc}); check "
-            f"that -A {settings.app_spec} imports the same way every time",
-            _EXIT_USAGE,
-        )
+        app, w = open_worker(settings)
+    except KeyboardInterrupt:  # as the command line (click) ends on one
+        print("\nAborted!", file=sys.stderr)
+        return _EXIT_FAILURE
+    except CliError as exc:
+        return _fail(exc.message, exc.code, terminal)
+    except (ConfigurationError, NotRegistered) as exc:
+        return _fail(str(exc), _EXIT_USAGE, terminal)
+    except PluqError as exc:
+        return _fail(str(exc), _EXIT_FAILURE, terminal)
     try:
-        code = serve(app, settings.make_worker(app), settings, terminal=terminal)
+        if not settings.json_logs:  # with --json-logs, the worker logs its start instead
+            print_banner(terminal, app, settings.app_spec, w, settings.beat)
+        code = serve(app, w, settings, terminal=terminal)
     except (ConfigurationError, NotRegistered) as exc:
         return _fail(str(exc), _EXIT_USAGE)
     except PluqError as exc:
