@@ -166,12 +166,8 @@ def open_app(
     *,
     serializer: str = "cloudpickle",
 ) -> App:
-    """The app of `-A` (re-pointed by --broker/--backend), or a bare one on the broker.
-
-    A bare app has no tasks: it can queue by name, read results and administer queues,
-    and a worker built on it runs tasks that travel by value (defined in `__main__`).
-    The command closes it when it ends.
-    """
+    """`pluq.worker._run.open_app` (the app of `-A`, or a bare one), closed when the
+    command ends."""
     app = _open_app(spec, broker, backend, serializer=serializer)
     _opened.append(app)
     return app
