@@ -1,12 +1,14 @@
-"""The supervisor's side of a child's pipe: jobs written in one go, outcomes read in one.
+"""Both ends of a child's pipe: jobs written in one go, outcomes read in one.
 
-The child keeps multiprocessing's `Connection.recv_bytes`/`send_bytes`; the supervisor
-writes and parses the same framing itself (`Slot.flush`, `Slot.receive`). These tests hold
-the two ends to each other, with a real pipe and no process.
+The framing is multiprocessing's (`Connection.send_bytes`); the supervisor (`Slot.flush`,
+`Slot.receive`) and the child (`serve`) write and parse it themselves, many messages a
+read. These tests hold the ends to each other and to `Connection`, with a real pipe; the
+child's loop runs in a thread.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import select
@@ -14,8 +16,9 @@ import threading
 
 import pytest
 
-from pluq.worker.child import split_job
-from pluq.worker.pool import Slot, _frame
+import pluq
+from pluq.worker.child import STOP, ChildSpec, Resolver, frame, join_job, serve, split_job
+from pluq.worker.pool import Slot
 
 
 def _slot() -> tuple[Slot, multiprocessing.connection.Connection]:
@@ -57,18 +60,18 @@ def test_a_message_split_across_reads_is_returned_once_whole() -> None:
         got = slot.receive()
     writer.join()
     assert got == [big]
-    assert slot._inbuf == bytearray()
+    assert slot._reader._buf == bytearray()
 
 
 def test_a_partial_frame_waits_for_the_rest() -> None:
     slot, child = _slot()
-    framed = _frame(b"hello")
+    framed = frame(b"hello")
     fd = child.fileno()
     os.write(fd, framed[:3])  # not even the whole length
     assert slot.receive() == []
     os.write(fd, framed[3:6])
     assert slot.receive() == []
-    os.write(fd, framed[6:] + _frame(b"next"))
+    os.write(fd, framed[6:] + frame(b"next"))
     assert slot.receive() == [b"hello", b"next"]
 
 
@@ -90,3 +93,51 @@ def test_a_closed_pipe_reads_as_eof() -> None:
     child.close()
     with pytest.raises(EOFError):
         slot.receive()
+
+
+def _job(app: pluq.App, task: pluq.Task, value: int) -> tuple[dict[str, object], bytes]:
+    task.delay(value)
+    [delivery] = app.broker.reserve(["default"], timeout=0, lease=30)
+    header, body = pluq.message.decode(delivery.message)
+    job = {
+        "token": header.id,
+        "id": header.id,
+        "task": header.task,
+        "serializer": header.serializer,
+    }
+    return job, body
+
+
+def test_the_child_runs_a_batch_from_one_write_and_stops_at_stop() -> None:
+    app = pluq.App("memory://pipes-child")
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    jobs = [_job(app, double, i) for i in range(4)]
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    # Three jobs, STOP, and one job that must never run: all in a single write.
+    data = b"".join(frame(join_job(job, body)) for job, body in jobs[:3])
+    data += frame(STOP) + frame(join_job(*jobs[3]))
+    child = threading.Thread(target=serve, args=(theirs, Resolver(ChildSpec(app=app))))
+    child.start()
+    os.write(ours.fileno(), data)
+    child.join(30)
+    assert not child.is_alive()
+    outcomes = []
+    while ours.poll(0):
+        outcomes.append(json.loads(ours.recv_bytes()))  # Connection reads the child's framing
+    assert [o["token"] for o in outcomes] == [job["token"] for job, _ in jobs[:3]]
+    assert [o["status"] for o in outcomes] == ["success"] * 3
+    assert [o["result"] for o in outcomes] == [0, 2, 4]
+
+
+def test_the_child_ends_when_the_supervisor_closes_the_pipe() -> None:
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    child = threading.Thread(target=serve, args=(theirs, Resolver(ChildSpec())))
+    child.start()
+    os.write(ours.fileno(), frame(b"x")[:2])  # half a frame, then the supervisor is gone
+    ours.close()
+    child.join(30)
+    assert not child.is_alive()

@@ -14,12 +14,13 @@ import importlib
 import json
 import os
 import signal
+import struct
 import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pluq._outcome import decode_value, encode_exception, encode_value, exception_name
 from pluq.canvas import build_next
@@ -31,11 +32,71 @@ if TYPE_CHECKING:
     from pluq.app import App
     from pluq.task import Task
 
-__all__ = ["ChildSpec", "Resolver", "child_main", "join_job", "run_job", "split_job"]
+__all__ = [
+    "ChildSpec",
+    "FrameReader",
+    "Resolver",
+    "child_main",
+    "frame",
+    "join_job",
+    "run_job",
+    "split_job",
+]
 
 _FN_CACHE_SIZE = 64
 STOP = b""
 """Sent to a child to end its loop after its current job."""
+
+_SHORT_FRAME: Final = struct.Struct("!i")  # multiprocessing.connection's framing
+_LONG_FRAME: Final = struct.Struct("!Q")  # after a -1, for a message of 2 GiB or more
+_READ_SIZE: Final = 1 << 16
+# Built once: json.dumps with options builds a new encoder per call.
+_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+
+
+def frame(data: bytes) -> bytes:
+    """`data` framed as `Connection.send_bytes` frames it, so either end may use either."""
+    if len(data) > 0x7FFFFFFF:
+        return _SHORT_FRAME.pack(-1) + _LONG_FRAME.pack(len(data)) + data
+    return _SHORT_FRAME.pack(len(data)) + data
+
+
+class FrameReader:
+    """Whole framed messages from a pipe, many per read: a supervisor hands a slot a batch
+    of short jobs in one write, and a child reports a batch of outcomes in one, so one
+    `read` takes in all of them rather than two reads a message."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()  # bytes read, not a whole message yet
+
+    def clear(self) -> None:
+        self._buf.clear()
+
+    def read(self, fd: int) -> list[bytes]:
+        """The whole messages that arrived, after one read (it blocks on a blocking fd
+        until something arrives; the list is empty while a message is still partial).
+        EOFError: the other end closed."""
+        chunk = os.read(fd, _READ_SIZE)
+        if not chunk:
+            raise EOFError("the pipe closed")
+        buf = self._buf
+        buf += chunk
+        messages: list[bytes] = []
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = _SHORT_FRAME.unpack_from(buf, pos)
+            head = 4
+            if size == -1:
+                if len(buf) - pos < 12:
+                    break
+                (size,) = _LONG_FRAME.unpack_from(buf, pos + 4)
+                head = 12
+            if len(buf) - pos - head < size:
+                break
+            messages.append(bytes(buf[pos + head : pos + head + size]))
+            pos += head + size
+        del buf[:pos]
+        return messages
 
 
 @dataclass(slots=True)
@@ -115,7 +176,7 @@ def split_job(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def join_job(job: dict[str, Any], body: bytes) -> bytes:
-    return json.dumps(job, separators=(",", ":")).encode() + b"\n" + body
+    return _JSON.encode(job).encode() + b"\n" + body
 
 
 def _failure(exc: BaseException, started: float, serializer_name: str) -> dict[str, Any]:
@@ -233,21 +294,31 @@ def run_job(job: dict[str, Any], body: bytes, resolve: Resolver) -> dict[str, An
 
 
 def serve(conn: Connection, resolve: Resolver) -> None:
-    """Run jobs from `conn` until it closes or says STOP; one JSON outcome back per job."""
+    """Run jobs from `conn` until it closes or says STOP; one JSON outcome back per job,
+    written as soon as the job ends."""
+    fd = conn.fileno()
+    reader = FrameReader()
     while True:
         try:
-            data = conn.recv_bytes()
+            batch = reader.read(fd)
         except (EOFError, OSError):
             return
-        if data == STOP:
-            return
-        job, body = split_job(data)
-        outcome = run_job(job, body, resolve)
-        outcome["token"] = job["token"]
-        try:
-            conn.send_bytes(json.dumps(outcome, separators=(",", ":")).encode())
-        except (BrokenPipeError, OSError):
-            return
+        for data in batch:
+            if data == STOP:
+                return
+            job, body = split_job(data)
+            outcome = run_job(job, body, resolve)
+            outcome["token"] = job["token"]
+            try:
+                _write_all(fd, frame(_JSON.encode(outcome).encode()))
+            except OSError:  # BrokenPipeError: the supervisor is gone
+                return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

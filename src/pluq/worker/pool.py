@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import struct
 import sys
 import threading
 import types
@@ -27,11 +26,20 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any
 
 from pluq.errors import ConfigurationError
 from pluq.worker import POOLS
-from pluq.worker.child import STOP, ChildSpec, Resolver, child_main, join_job, run_job
+from pluq.worker.child import (
+    STOP,
+    ChildSpec,
+    FrameReader,
+    Resolver,
+    child_main,
+    frame,
+    join_job,
+    run_job,
+)
 
 __all__ = ["POOLS", "Slot", "default_start_method", "make_pool"]
 
@@ -85,17 +93,6 @@ def _main_hidden(method: str) -> Iterator[None]:
                 sys.modules["__main__"] = main
 
 
-_SHORT_FRAME: Final = struct.Struct("!i")  # multiprocessing.connection's framing
-_LONG_FRAME: Final = struct.Struct("!Q")  # after a -1, for a message of 2 GiB or more
-_READ_SIZE: Final = 1 << 16
-
-
-def _frame(data: bytes) -> bytes:
-    if len(data) > 0x7FFFFFFF:
-        return _SHORT_FRAME.pack(-1) + _LONG_FRAME.pack(len(data)) + data
-    return _SHORT_FRAME.pack(len(data)) + data
-
-
 class Slot:
     """One place tasks run, one at a time. `conn` is the supervisor's end of a job pipe."""
 
@@ -104,7 +101,7 @@ class Slot:
         self.conn: Connection | None = None
         self.jobs: deque[Any] = deque()  # the supervisor's records, the running one first
         self._outbox: list[bytes] = []  # framed jobs not written yet
-        self._inbuf = bytearray()  # bytes read from the pipe, not a whole message yet
+        self._reader = FrameReader()
 
     @property
     def busy(self) -> Any:
@@ -114,7 +111,7 @@ class Slot:
     def send(self, job: dict[str, Any], body: bytes) -> None:
         """Hand over a job; it runs after the ones already handed over. On a pipe, the
         job waits for `flush`."""
-        self._outbox.append(_frame(join_job(job, body)))
+        self._outbox.append(frame(join_job(job, body)))
 
     def flush(self) -> None:
         """Write the jobs `send` queued, in one write. OSError: the slot is gone (its
@@ -132,27 +129,10 @@ class Slot:
         """The whole messages that arrived on the pipe, after one read; call it when the
         pipe is readable. EOFError: the other end closed (the process exited)."""
         assert self.conn is not None
-        chunk = os.read(self.conn.fileno(), _READ_SIZE)
-        if not chunk:
-            raise EOFError(f"the pipe of slot {self.index} closed")
-        buf = self._inbuf
-        buf += chunk
-        messages: list[bytes] = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            (size,) = _SHORT_FRAME.unpack_from(buf, pos)
-            head = 4
-            if size == -1:
-                if len(buf) - pos < 12:
-                    break
-                (size,) = _LONG_FRAME.unpack_from(buf, pos + 4)
-                head = 12
-            if len(buf) - pos - head < size:
-                break
-            messages.append(bytes(buf[pos + head : pos + head + size]))
-            pos += head + size
-        del buf[:pos]
-        return messages
+        try:
+            return self._reader.read(self.conn.fileno())
+        except EOFError:
+            raise EOFError(f"the pipe of slot {self.index} closed") from None
 
     @property
     def sentinel(self) -> int | None:
@@ -212,7 +192,7 @@ class ProcessSlot(Slot):
         child.close()
         self.conn = parent
         self._outbox.clear()
-        self._inbuf.clear()
+        self._reader.clear()
 
     @property
     def sentinel(self) -> int | None:
