@@ -71,6 +71,27 @@ def test_a_signed_records_stored_text_reads_back_equal_and_verifies() -> None:
     assert back.signature == signed.signature is not None
 
 
+def test_signing_with_changes_is_changing_then_signing() -> None:
+    # given the changes a worker makes when a task succeeds
+    changes: dict[str, Any] = {
+        "state": "SUCCESS",
+        "result": [1, {"b": 2, "a": None}],
+        "history": (*record().history, Attempt(number=2, state="SUCCESS", worker="w@h")),
+        "meta": {"followups": [{"id": "t2"}]},
+    }
+    # when they are made as the record is signed
+    at_once = msg.sign_record(record(), KEYS, **changes)
+    # then it is the record that changing, then signing, makes, stored as the same text
+    in_two = msg.sign_record(record().evolve(**changes), KEYS)
+    assert at_once == in_two
+    assert at_once.to_json() == in_two.to_json()
+    msg.verify_record(TaskRecord.from_json(at_once.to_json()), KEYS)
+    # and without keys the changes are made, and nothing is signed
+    unsigned = msg.sign_record(record(), (), **changes)
+    assert unsigned == record().evolve(**changes)
+    assert unsigned.signature is None
+
+
 def test_a_signed_records_stored_text_is_the_signed_bytes_plus_its_signature() -> None:
     signed = msg.sign_record(record(), KEYS)
     text = signed.to_json()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, Final, Self
 
+from pluq._json import compact_encoder
 from pluq.broker import Capabilities, Clock
 from pluq.errors import SerializationError
 
@@ -188,7 +189,7 @@ class TaskRecord(_StoredText):
             data = self.to_dict()
             if extra:
                 data.update(extra)
-            return self._encode(_STORED_JSON, data)
+            return self._encode(_stored_json, data)
         if not extra:
             return stored
         # Extra keys never collide with record fields: add them before the final "}".
@@ -210,9 +211,10 @@ class TaskRecord(_StoredText):
         text that signing made is not carried over)."""
         return TaskRecord(**{**self._fields(), **changes})
 
-    def _signed(self, sign: Callable[[bytes], str]) -> TaskRecord:
-        """The record with the signature `sign` gives for its `signing_payload()`, and its
-        stored JSON made from those same bytes (`msg.sign_record` calls this).
+    def _signed(self, sign: Callable[[bytes], str], **changes: Any) -> TaskRecord:
+        """The record with `changes` applied and the signature `sign` gives for its
+        `signing_payload()`, and its stored JSON made from those same bytes
+        (`msg.sign_record` calls this). One new record, however many changes.
 
         Signing encodes the whole record already (ASCII): the stored text is that encoding
         with the signature added as its last key, so that a record is not encoded a second
@@ -220,11 +222,16 @@ class TaskRecord(_StoredText):
 
         Raises SerializationError when a field (a result, a meta value) is not JSON.
         """
-        text = self._signing_text()
-        signature = sign(text.encode())
-        record = self.evolve(signature=signature)
+        fields = self._fields()
+        fields.update(changes)
+        # As `_signing_text` encodes it: `to_dict`'s form, in declaration order.
+        data = dict(fields, history=[attempt.to_dict() for attempt in fields["history"]])
+        del data["signature"]
+        text = self._encode(_signed_json, data)
+        fields["signature"] = signature = sign(text.encode())
+        record = TaskRecord(**fields)
         # The text is a JSON object holding at least "id": cut its final "}".
-        stored = f'{text[:-1]},"signature":{_SIGNED_JSON.encode(signature)}}}'
+        stored = f'{text[:-1]},"signature":{_signed_json(signature)}}}'
         object.__setattr__(record, "_stored", stored)  # frozen: past the dataclass's guard
         return record
 
@@ -232,16 +239,16 @@ class TaskRecord(_StoredText):
         """The bytes earlier pluq versions signed (sorted keys): their records still verify."""
         data = self.to_dict()
         del data["signature"]
-        return self._encode(_SORTED_JSON, data).encode()
+        return self._encode(_sorted_json, data).encode()
 
     def _signing_text(self) -> str:
         """`signing_payload()` as text (ASCII)."""
         data = self.to_dict()
         del data["signature"]
-        return self._encode(_SIGNED_JSON, data)
+        return self._encode(_signed_json, data)
 
     def _members(self, extra: Mapping[str, Any]) -> str:
-        """`extra` as the members of a JSON object (no braces), as `_STORED_JSON` writes
+        """`extra` as the members of a JSON object (no braces), as `_stored_json` writes
         them.
 
         What transports add is an expiry time, a float: written directly, as the encoder
@@ -252,12 +259,12 @@ class TaskRecord(_StoredText):
             if type(key) is str and type(value) is float and -_MAX_FLOAT <= value <= _MAX_FLOAT:
                 members.append(f"{encode_basestring(key)}:{float.__repr__(value)}")
             else:
-                members.append(self._encode(_STORED_JSON, {key: value})[1:-1])
+                members.append(self._encode(_stored_json, {key: value})[1:-1])
         return ",".join(members)
 
-    def _encode(self, encoder: json.JSONEncoder, data: dict[str, Any]) -> str:
+    def _encode(self, encode: Callable[[Any], str], data: dict[str, Any]) -> str:
         try:
-            return encoder.encode(data)
+            return encode(data)
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"the record of task {self.id!r} cannot be stored: it is not JSON ({exc}); "
@@ -266,12 +273,11 @@ class TaskRecord(_StoredText):
 
 
 _RECORD_FIELDS = tuple(TaskRecord.__dataclass_fields__)
-# Encoders built once: json.dumps with options builds a new one per call.
-_STORED_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_stored_json: Final = compact_encoder(ensure_ascii=False)
 # Not sorted: a task's result is a dict whose order its caller sees, and a JSON round trip
 # keeps every dict's order, so re-encoding a parsed record gives back the bytes it signed.
-_SIGNED_JSON: Final = json.JSONEncoder(separators=(",", ":"))
-_SORTED_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_signed_json: Final = compact_encoder()
+_sorted_json: Final = compact_encoder(sort_keys=True)
 """How earlier pluq versions encoded what they signed: their records still verify."""
 _MAX_FLOAT: Final = sys.float_info.max
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from pluq._json import compact_encoder, loads
 from pluq.backend import TaskRecord
 from pluq.broker import Outgoing
 from pluq.errors import MessageError, SignatureError
@@ -99,7 +99,7 @@ class Header(_HeaderLine):
         """The bytes a signature covers: the header as JSON with sorted keys, without `sig`."""
         data = self._fields()
         del data["sig"]
-        return _CANONICAL_JSON.encode(data).encode()
+        return _canonical_json(data).encode()
 
     def _fields(self) -> dict[str, Any]:
         # Written out: dataclasses.asdict deep-copies every value.
@@ -122,8 +122,7 @@ class Header(_HeaderLine):
         }
 
 
-# Built once: json.dumps with options builds a new encoder per call.
-_CANONICAL_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_canonical_json: Final = compact_encoder(sort_keys=True)
 
 
 # The exact types each header field may have. json.loads builds nothing but exact built-in
@@ -160,7 +159,7 @@ def _mac(key: bytes, canonical: bytes, body: bytes) -> str:
 def _wire(fields: dict[str, Any], body: bytes, keys: Sequence[bytes]) -> bytes:
     """The wire form of a header given as its `_fields()` dict without `sig`: the canonical
     header with the signature by the first key added as its last key (null without keys)."""
-    canonical = _CANONICAL_JSON.encode(fields).encode()
+    canonical = _canonical_json(fields).encode()
     sig = b'"%s"' % _mac(keys[0], canonical, body).encode() if keys else b"null"
     # The canonical header is a JSON object holding at least "id": cut its final "}".
     return b"".join((canonical[:-1], b',"sig":', sig, b"}", _SEPARATOR, body))
@@ -243,10 +242,10 @@ def decode(data: bytes) -> tuple[Header, bytes]:
         )
     line = data[:end]
     try:
-        raw = json.loads(line.decode())  # the header line is UTF-8 by definition
+        raw = loads(line.decode())  # the header line is UTF-8 by definition
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageError(f"not a pluq message: the header is not JSON ({exc})") from None
-    # Exact type tests below: json.loads builds only exact built-in types (see _FIELD_TYPES).
+    # Exact type tests below: JSON parsing builds only exact built-in types (see _FIELD_TYPES).
     if type(raw) is not dict:
         raise MessageError("not a pluq message: the header is not a JSON object")
     version = raw.get("v")
@@ -275,8 +274,9 @@ def decode(data: bytes) -> tuple[Header, bytes]:
     return header, data[end + 1 :]
 
 
-def sign_record(record: TaskRecord, keys: Sequence[bytes]) -> TaskRecord:
-    """The record with its HMAC set by the first key (unchanged without keys).
+def sign_record(record: TaskRecord, keys: Sequence[bytes], **changes: Any) -> TaskRecord:
+    """The record, with `changes` applied, and its HMAC set by the first key (without
+    keys: the record with the changes, unsigned). One new record either way.
 
     The signed record carries its stored JSON, made from the bytes it was signed over, so
     that storing it does not encode it again (see `TaskRecord.to_json`).
@@ -284,9 +284,11 @@ def sign_record(record: TaskRecord, keys: Sequence[bytes]) -> TaskRecord:
     Raises SerializationError when a field (a result, a meta value) is not JSON.
     """
     if not keys:
-        return record
+        return record.evolve(**changes) if changes else record
     key = keys[0]
-    return record._signed(lambda payload: hmac.new(key, payload, hashlib.sha256).hexdigest())
+    return record._signed(
+        lambda payload: hmac.new(key, payload, hashlib.sha256).hexdigest(), **changes
+    )
 
 
 def verify_record(record: TaskRecord, keys: Sequence[bytes]) -> None:
@@ -388,7 +390,7 @@ class Packer:
                 marks["created"], fn is not None, dict(meta) if meta else {},
             )  # fmt: skip
             # Sorted keys: "created" comes before "id".
-            template = _split(_CANONICAL_JSON.encode(fields), marks, ("created", "id"))
+            template = _split(_canonical_json(fields), marks, ("created", "id"))
             if template is not None:
                 break
         else:  # pragma: no cover - three draws of 128 random bits all colliding
@@ -408,12 +410,12 @@ class Packer:
             task_id = _new_id()
             id_json = b'"' + task_id.encode() + b'"'  # hex: nothing to escape
         else:
-            id_json = _CANONICAL_JSON.encode(task_id).encode()
+            id_json = _canonical_json(task_id).encode()
         # What the JSON encoder writes for a finite float, without the encoder's overhead.
         if type(now) is float and _MIN_FLOAT <= now <= _MAX_FLOAT:
             created = float.__repr__(now).encode()
         else:
-            created = _CANONICAL_JSON.encode(now).encode()
+            created = _canonical_json(now).encode()
         c0, c1, c2 = self._template
         canonical = b"".join((c0, created, c1, id_json, c2))
         if self._mac is None:
@@ -473,7 +475,7 @@ def _split(text: str, marks: Mapping[str, str], order: tuple[str, ...]) -> tuple
     pieces = []
     rest = text
     for name in order:
-        mark = _CANONICAL_JSON.encode(marks[name])
+        mark = _canonical_json(marks[name])
         if text.count(mark) != 1:
             return None
         head, found, rest = rest.partition(mark)

@@ -11,7 +11,6 @@ it works with the fork, forkserver and spawn start methods alike.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import struct
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Final
 
+from pluq._json import compact_encoder, loads
 from pluq._outcome import decode_value, encode_exception, encode_value, exception_name
 from pluq.canvas import build_next
 from pluq.errors import MessageError, NotRegistered, Retry, SerializationError
@@ -50,8 +50,7 @@ STOP = b""
 _SHORT_FRAME: Final = struct.Struct("!i")  # multiprocessing.connection's framing
 _LONG_FRAME: Final = struct.Struct("!Q")  # after a -1, for a message of 2 GiB or more
 _READ_SIZE: Final = 1 << 16
-# Built once: json.dumps with options builds a new encoder per call.
-_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+_json: Final = compact_encoder()
 
 
 def frame(data: bytes) -> bytes:
@@ -171,12 +170,12 @@ class Resolver:
 
 def split_job(data: bytes) -> tuple[dict[str, Any], bytes]:
     end = data.index(b"\n")
-    job: dict[str, Any] = json.loads(data[:end])
+    job: dict[str, Any] = loads(data[:end].decode())
     return job, data[end + 1 :]
 
 
 def join_job(job: dict[str, Any], body: bytes) -> bytes:
-    return _JSON.encode(job).encode() + b"\n" + body
+    return _json(job).encode() + b"\n" + body
 
 
 def _failure(exc: BaseException, started: float, serializer_name: str) -> dict[str, Any]:
@@ -310,7 +309,7 @@ def serve(conn: Connection, resolve: Resolver) -> None:
             outcome = run_job(job, body, resolve)
             outcome["token"] = job["token"]
             try:
-                _write_all(fd, frame(_JSON.encode(outcome).encode()))
+                _write_all(fd, frame(_json(outcome).encode()))
             except OSError:  # BrokenPipeError: the supervisor is gone
                 return
 

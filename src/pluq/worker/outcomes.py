@@ -52,6 +52,8 @@ class Stored:
     """ACK (acked in the batch), or the settling call (release, dead letter, ...)."""
     followups: list[dict[str, Any]] | None = None
     """For a success: the chain's next steps to publish before the ack."""
+    signed: bool = False
+    """The record is signed already (a success is, as it is made): `_flush` signs the rest."""
 
 
 @dataclass(slots=True)
@@ -112,25 +114,27 @@ class Outcomes:
         )
 
     def _succeed(self, held: Running, outcome: dict[str, Any]) -> None:
-        record = held.record.evolve(
-            state=SUCCESS,
-            result=outcome["result"],
-            result_encoding=outcome["result_encoding"],
-            result_repr=outcome.get("result_repr"),
-            exc_type=None,
-            exc_message=None,
-            traceback=None,
-            started_at=outcome["started_at"],
-            finished_at=outcome["finished_at"],
-            history=(*held.record.history, self._attempt(held, SUCCESS, outcome)),
-        )
+        changes: dict[str, Any] = {
+            "state": SUCCESS,
+            "result": outcome["result"],
+            "result_encoding": outcome["result_encoding"],
+            "result_repr": outcome.get("result_repr"),
+            "exc_type": None,
+            "exc_message": None,
+            "traceback": None,
+            "started_at": outcome["started_at"],
+            "finished_at": outcome["finished_at"],
+            "history": (*held.record.history, self._attempt(held, SUCCESS, outcome)),
+        }
         followups = outcome.get("publish") or []
         if followups:  # kept with the result, so a redelivery can publish them again
-            record = record.evolve(meta={**record.meta, "followups": followups})
+            changes["meta"] = {**held.record.meta, "followups": followups}
+        # Signed as it is made: one new record, where changing then signing makes two.
+        record = msg.sign_record(held.record, self.keys, **changes)
         if log.isEnabledFor(logging.INFO):
             ms = (outcome["finished_at"] - outcome["started_at"]) * 1000
             log.info("task %s[%s] succeeded in %.1f ms", held.header.task, held.header.id, ms)
-        self._stores.append(Stored(held, record, ACK, followups))
+        self._stores.append(Stored(held, record, ACK, followups, signed=True))
 
     def _retry(
         self,
@@ -245,7 +249,9 @@ class Outcomes:
                 )
                 self._drop(item.held)
                 continue
-            item.record = msg.sign_record(item.record, self.keys)
+            if not item.signed:
+                item.record = msg.sign_record(item.record, self.keys)
+                item.signed = True
             fresh.append(item)
         if not fresh:
             return

@@ -19,7 +19,6 @@ small prefetch) and hands deliveries to the main loop, which
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import select
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pluq import message as msg
+from pluq._json import loads
 from pluq._outcome import exception_name
 from pluq.backend import FAILURE, REVOKED, STARTED, SUCCESS, Attempt, TaskRecord
 from pluq.broker import Delivery, WorkerInfo
@@ -689,7 +689,7 @@ class Supervisor(Outcomes):
             self._child_died(slot)
             return
         for data in outcomes:
-            self._finish(slot, json.loads(data))
+            self._finish(slot, loads(data.decode()))
 
     def _finish(self, slot: Slot, outcome: dict[str, Any]) -> None:
         if not slot.jobs:
@@ -725,7 +725,7 @@ class Supervisor(Outcomes):
             try:
                 while slot.jobs and select.select((slot.conn,), (), (), 0)[0]:
                     for data in slot.receive():
-                        self._finish(slot, json.loads(data))
+                        self._finish(slot, loads(data.decode()))
             except (EOFError, OSError, ValueError):
                 pass
         held: Running | None = slot.jobs.popleft() if slot.jobs else None
