@@ -61,9 +61,9 @@ def frame(data: bytes) -> bytes:
 
 
 class FrameReader:
-    """Whole framed messages from a pipe, many per read: a supervisor hands a slot a batch
-    of short jobs in one write, and a child reports a batch of outcomes in one, so one
-    `read` takes in all of them rather than two reads a message."""
+    """Whole framed messages from a pipe, as many as one read brings: the supervisor hands
+    a slot its short jobs in one write, and a slot's outcomes pile up while the supervisor
+    is busy, so either end takes in all that arrived at once, not two reads a message."""
 
     def __init__(self) -> None:
         self._buf = bytearray()  # bytes read, not a whole message yet
