@@ -41,6 +41,7 @@ __all__ = [
     "join_job",
     "run_job",
     "split_job",
+    "write_all",
 ]
 
 _FN_CACHE_SIZE = 64
@@ -309,12 +310,14 @@ def serve(conn: Connection, resolve: Resolver) -> None:
             outcome = run_job(job, body, resolve)
             outcome["token"] = job["token"]
             try:
-                _write_all(fd, frame(_json(outcome).encode()))
+                write_all(fd, frame(_json(outcome).encode()))
             except OSError:  # BrokenPipeError: the supervisor is gone
                 return
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to a blocking pipe (a write may take less than all of it).
+    OSError: the other end is gone."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -39,6 +39,7 @@ from pluq.worker.child import (
     frame,
     join_job,
     run_job,
+    write_all,
 )
 
 __all__ = ["POOLS", "Slot", "default_start_method", "make_pool"]
@@ -119,11 +120,9 @@ class Slot:
         if not self._outbox:
             return
         assert self.conn is not None
-        data = memoryview(b"".join(self._outbox))
+        data = b"".join(self._outbox)
         self._outbox.clear()
-        fd = self.conn.fileno()
-        while data:
-            data = data[os.write(fd, data) :]
+        write_all(self.conn.fileno(), data)
 
     def receive(self) -> list[bytes]:
         """The whole messages that arrived on the pipe, after one read; call it when the
