@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import json
 import pickle
+import sys
 
 import cloudpickle
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pluq
+from pluq._outcome import _json_exact, _same_shape, decode_value, encode_value
 from pluq.serializers import _PLAIN_DEPTH, _PLAIN_ITEMS, _plain, get_serializer
 
 CLOUDPICKLE = get_serializer("cloudpickle")
@@ -100,3 +103,36 @@ def test_json_writes_compact_utf8_and_names_what_it_cannot_encode() -> None:
     )
     with pytest.raises(pluq.SerializationError, match="cannot encode"):
         json_serializer.dumps({"args": [object()]})
+
+
+def _round_trip_exact(value: object) -> bool:
+    """What `_json_exact` answered for every value before it had a shortcut for atoms."""
+    try:
+        return bool(json.loads(json.dumps(value, allow_nan=False)) == value) and _same_shape(value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**62, max_value=2**65)
+    | st.floats()
+    | st.text()
+    | plain_values
+)
+def test_a_return_value_is_stored_as_json_exactly_when_a_round_trip_keeps_it(
+    value: object,
+) -> None:
+    assert _json_exact(value) == _round_trip_exact(value)
+
+
+def test_an_int_too_long_for_str_is_pickled_not_stored_as_json() -> None:
+    huge = 10 ** (sys.get_int_max_str_digits() + 1)
+    result, encoding, _ = encode_value(huge, CLOUDPICKLE)
+    assert encoding == "cloudpickle"
+    assert decode_value(result, encoding) == huge
+    assert encode_value(-(2**63), CLOUDPICKLE)[1] == "json"
+    assert encode_value(2**63, CLOUDPICKLE)[1] == "json"  # the round trip keeps it too

@@ -11,6 +11,7 @@ import base64
 import builtins
 import importlib
 import json
+import math
 from typing import Any
 
 from pluq.errors import SerializationError, TaskError
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 _REPR_LIMIT = 200
+_INT64 = 1 << 63
 
 
 def _short_repr(value: Any) -> str:
@@ -36,6 +38,14 @@ def _short_repr(value: Any) -> str:
 
 
 def _json_exact(value: Any) -> bool:
+    # The usual return values first, without a round trip: the answer it would give.
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int and -_INT64 <= value < _INT64:  # a longer one may pass str()'s limit
+        return True
+    if kind is float:
+        return math.isfinite(value)  # a finite float's repr reads back as the same float
     try:
         return bool(json.loads(json.dumps(value, allow_nan=False)) == value) and _same_shape(value)
     except (TypeError, ValueError, RecursionError):

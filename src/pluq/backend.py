@@ -18,9 +18,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any, Final, Self
 
+from pluq._frozen import maker
 from pluq._json import compact_encoder
 from pluq.broker import Capabilities, Clock
 from pluq.errors import SerializationError
@@ -223,15 +224,17 @@ class TaskRecord(_StoredText):
         Raises SerializationError when a field (a result, a meta value) is not JSON.
         """
         fields = self._fields()
+        if not _FIELD_SET.issuperset(changes):  # as TaskRecord(**fields) would refuse it
+            raise TypeError(f"TaskRecord has no field {sorted(changes.keys() - _FIELD_SET)}")
         fields.update(changes)
         # As `_signing_text` encodes it: `to_dict`'s form, in declaration order.
         data = dict(fields, history=[attempt.to_dict() for attempt in fields["history"]])
         del data["signature"]
         text = self._encode(_signed_json, data)
         fields["signature"] = signature = sign(text.encode())
-        record = TaskRecord(**fields)
+        record = _make_record(fields)
         # The text is a JSON object holding at least "id": cut its final "}".
-        stored = f'{text[:-1]},"signature":{_signed_json(signature)}}}'
+        stored = f'{text[:-1]},"signature":{encode_basestring_ascii(signature)}}}'
         object.__setattr__(record, "_stored", stored)  # frozen: past the dataclass's guard
         return record
 
@@ -273,6 +276,8 @@ class TaskRecord(_StoredText):
 
 
 _RECORD_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+_FIELD_SET: Final = frozenset(_RECORD_FIELDS)
+_make_record: Final = maker(TaskRecord)
 _stored_json: Final = compact_encoder(ensure_ascii=False)
 # Not sorted: a task's result is a dict whose order its caller sees, and a JSON round trip
 # keeps every dict's order, so re-encoding a parsed record gives back the bytes it signed.

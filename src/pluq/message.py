@@ -29,9 +29,10 @@ import hmac
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Final
 
+from pluq._frozen import maker
 from pluq._json import compact_encoder, loads
 from pluq.backend import TaskRecord
 from pluq.broker import Outgoing
@@ -146,6 +147,11 @@ _FIELD_TYPES: Final[dict[str, frozenset[type]]] = {
     "v": frozenset({int}),
 }
 _FIELD_NAMES: Final = frozenset(_FIELD_TYPES)
+_FIELD_COUNT: Final = len(_FIELD_NAMES)
+_DEFAULTS: Final = {
+    f.name: f.default for f in Header.__dataclass_fields__.values() if f.default is not MISSING
+}  # "meta" has a factory: each header gets its own dict
+_make_header: Final = maker(Header)
 _REQUIRED: Final = ("id", "task", "queue", "serializer")
 
 
@@ -269,7 +275,9 @@ def decode(data: bytes) -> tuple[Header, bytes]:
     for name, value in raw.items():
         if type(value) not in _FIELD_TYPES[name]:
             raise MessageError(f"not a pluq message: header field {name!r} has a bad value")
-    header = Header(**raw)
+    if len(raw) < _FIELD_COUNT:  # a header this pluq wrote has every field
+        raw = {**_DEFAULTS, "meta": {}, **raw}
+    header = _make_header(raw)
     object.__setattr__(header, "_line", line)  # frozen: past the dataclass's guard
     return header, data[end + 1 :]
 

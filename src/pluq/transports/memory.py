@@ -258,6 +258,7 @@ class MemoryBroker(Broker):
     def _take(self, queues: Sequence[str], lease: float, limit: int) -> list[Delivery]:
         now = self._clock()
         taken: list[Delivery] = []
+        base = None  # one random lease id base per call, numbered, as the Redis script does
         for name in queues:
             queue = self._state.queues.get(name)
             if queue is None:
@@ -270,7 +271,8 @@ class MemoryBroker(Broker):
                     continue
                 msg.place = _LEASED
                 msg.attempt += 1
-                msg.lease_id = uuid.uuid4().hex
+                base = base or uuid.uuid4().hex
+                msg.lease_id = f"{base}.{len(taken) + 1}"
                 msg.lease_deadline = now + lease
                 msg.seq = next(self._state.seq)
                 heapq.heappush(queue.leases, (msg.lease_deadline, msg.seq, msg.id))
