@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any, Final, Self
 
@@ -190,7 +190,7 @@ class TaskRecord(_StoredText):
             data = self.to_dict()
             if extra:
                 data.update(extra)
-            return self._encode(_stored_json, data)
+            return _encode_record(_stored_json, data, self.id)
         if not extra:
             return stored
         # Extra keys never collide with record fields: add them before the final "}".
@@ -212,25 +212,26 @@ class TaskRecord(_StoredText):
         text that signing made is not carried over)."""
         return TaskRecord(**{**self._fields(), **changes})
 
-    def _signed(self, sign: Callable[[bytes], str], **changes: Any) -> TaskRecord:
-        """The record with `changes` applied and the signature `sign` gives for its
-        `signing_payload()`, and its stored JSON made from those same bytes
-        (`msg.sign_record` calls this). One new record, however many changes.
+    @staticmethod
+    def _signed(fields: dict[str, Any], sign: Callable[[bytes], str]) -> TaskRecord:
+        """The record of `fields` (a value for every field, as `_fields()` or
+        `record_fields` gives them; "signature" is replaced) with the signature `sign`
+        gives for its `signing_payload()`, and its stored JSON made from those same bytes
+        (`msg.sign_record` calls this).
 
         Signing encodes the whole record already (ASCII): the stored text is that encoding
         with the signature added as its last key, so that a record is not encoded a second
         time to be stored.
 
-        Raises SerializationError when a field (a result, a meta value) is not JSON.
+        Raises SerializationError when a field (a result, a meta value) is not JSON, and
+        TypeError for a key that is not a field.
         """
-        fields = self._fields()
-        if not _FIELD_SET.issuperset(changes):  # as TaskRecord(**fields) would refuse it
-            raise TypeError(f"TaskRecord has no field {sorted(changes.keys() - _FIELD_SET)}")
-        fields.update(changes)
+        if not _FIELD_SET.issuperset(fields):  # as TaskRecord(**fields) would refuse it
+            raise TypeError(f"TaskRecord has no field {sorted(fields.keys() - _FIELD_SET)}")
         # As `_signing_text` encodes it: `to_dict`'s form, in declaration order.
         data = dict(fields, history=[attempt.to_dict() for attempt in fields["history"]])
         del data["signature"]
-        text = self._encode(_signed_json, data)
+        text = _encode_record(_signed_json, data, fields["id"])
         fields["signature"] = signature = sign(text.encode())
         record = _make_record(fields)
         # The text is a JSON object holding at least "id": cut its final "}".
@@ -242,13 +243,13 @@ class TaskRecord(_StoredText):
         """The bytes earlier pluq versions signed (sorted keys): their records still verify."""
         data = self.to_dict()
         del data["signature"]
-        return self._encode(_sorted_json, data).encode()
+        return _encode_record(_sorted_json, data, self.id).encode()
 
     def _signing_text(self) -> str:
         """`signing_payload()` as text (ASCII)."""
         data = self.to_dict()
         del data["signature"]
-        return self._encode(_signed_json, data)
+        return _encode_record(_signed_json, data, self.id)
 
     def _members(self, extra: Mapping[str, Any]) -> str:
         """`extra` as the members of a JSON object (no braces), as `_stored_json` writes
@@ -262,22 +263,17 @@ class TaskRecord(_StoredText):
             if type(key) is str and type(value) is float and -_MAX_FLOAT <= value <= _MAX_FLOAT:
                 members.append(f"{encode_basestring(key)}:{float.__repr__(value)}")
             else:
-                members.append(self._encode(_stored_json, {key: value})[1:-1])
+                members.append(_encode_record(_stored_json, {key: value}, self.id)[1:-1])
         return ",".join(members)
-
-    def _encode(self, encode: Callable[[Any], str], data: dict[str, Any]) -> str:
-        try:
-            return encode(data)
-        except (TypeError, ValueError) as exc:
-            raise SerializationError(
-                f"the record of task {self.id!r} cannot be stored: it is not JSON ({exc}); "
-                f"encode results and meta values as JSON before putting them"
-            ) from exc
 
 
 _RECORD_FIELDS = tuple(TaskRecord.__dataclass_fields__)
 _FIELD_SET: Final = frozenset(_RECORD_FIELDS)
 _make_record: Final = maker(TaskRecord)
+_DEFAULT_FIELDS: Final = {
+    name: None if f.default is MISSING else f.default
+    for name, f in TaskRecord.__dataclass_fields__.items()
+}  # "id" has no default, "history" and "meta" a factory: `record_fields` sets them
 _stored_json: Final = compact_encoder(ensure_ascii=False)
 # Not sorted: a task's result is a dict whose order its caller sees, and a JSON round trip
 # keeps every dict's order, so re-encoding a parsed record gives back the bytes it signed.
@@ -285,6 +281,22 @@ _signed_json: Final = compact_encoder()
 _sorted_json: Final = compact_encoder(sort_keys=True)
 """How earlier pluq versions encoded what they signed: their records still verify."""
 _MAX_FLOAT: Final = sys.float_info.max
+
+
+def _encode_record(encode: Callable[[Any], str], data: dict[str, Any], id: str) -> str:
+    try:
+        return encode(data)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"the record of task {id!r} cannot be stored: it is not JSON ({exc}); encode "
+            f"results and meta values as JSON before putting them"
+        ) from exc
+
+
+def record_fields(**values: Any) -> dict[str, Any]:
+    """A TaskRecord's fields as `_fields()` gives them (every field, in declaration order),
+    from `values` and the defaults; for building a record without a record to start from."""
+    return {**_DEFAULT_FIELDS, "history": (), "meta": {}, **values}
 
 
 class ResultBackend(abc.ABC):

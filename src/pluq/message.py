@@ -48,6 +48,7 @@ __all__ = [
     "pack",
     "sign",
     "sign_record",
+    "signed_record",
     "verify",
     "verify_record",
 ]
@@ -291,11 +292,21 @@ def sign_record(record: TaskRecord, keys: Sequence[bytes], **changes: Any) -> Ta
 
     Raises SerializationError when a field (a result, a meta value) is not JSON.
     """
+    if not keys and not changes:
+        return record
+    fields = record._fields()
+    fields.update(changes)
+    return signed_record(fields, keys)
+
+
+def signed_record(fields: dict[str, Any], keys: Sequence[bytes]) -> TaskRecord:
+    """`sign_record` for a record given as its fields (`TaskRecord._fields()`, or
+    `backend.record_fields`), without a record object to start from. Takes `fields`."""
     if not keys:
-        return record.evolve(**changes) if changes else record
+        return TaskRecord(**fields)
     key = keys[0]
-    return record._signed(
-        lambda payload: hmac.new(key, payload, hashlib.sha256).hexdigest(), **changes
+    return TaskRecord._signed(
+        fields, lambda payload: hmac.new(key, payload, hashlib.sha256).hexdigest()
     )
 
 

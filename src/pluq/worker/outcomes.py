@@ -102,35 +102,40 @@ class Outcomes:
 
     def _attempt(self, held: Running, state: str, outcome: dict[str, Any] | None) -> Attempt:
         outcome = outcome or {}
+        started_at = outcome.get("started_at")
+        finished_at = outcome.get("finished_at")
         return Attempt(
             number=held.delivery.attempt,
             state=state,
             exc_type=outcome.get("exc_type"),
             exc_message=outcome.get("exc_message"),
             traceback=outcome.get("traceback"),
-            started_at=outcome.get("started_at", held.record.started_at),
-            finished_at=outcome.get("finished_at", self.clock()),
+            started_at=held.record.started_at if started_at is None else started_at,
+            finished_at=self.clock() if finished_at is None else finished_at,
             worker=self.name,
         )
 
     def _succeed(self, held: Running, outcome: dict[str, Any]) -> None:
-        changes: dict[str, Any] = {
-            "state": SUCCESS,
-            "result": outcome["result"],
-            "result_encoding": outcome["result_encoding"],
-            "result_repr": outcome.get("result_repr"),
-            "exc_type": None,
-            "exc_message": None,
-            "traceback": None,
-            "started_at": outcome["started_at"],
-            "finished_at": outcome["finished_at"],
-            "history": (*held.record.history, self._attempt(held, SUCCESS, outcome)),
-        }
+        # Made from the fields, not from `held.record`: for a fresh task, no STARTED
+        # record is built at all.
+        fields = held.fields()
+        fields.update(
+            state=SUCCESS,
+            result=outcome["result"],
+            result_encoding=outcome["result_encoding"],
+            result_repr=outcome.get("result_repr"),
+            exc_type=None,
+            exc_message=None,
+            traceback=None,
+            started_at=outcome["started_at"],
+            finished_at=outcome["finished_at"],
+            history=(*fields["history"], self._attempt(held, SUCCESS, outcome)),
+        )
         followups = outcome.get("publish") or []
         if followups:  # kept with the result, so a redelivery can publish them again
-            changes["meta"] = {**held.record.meta, "followups": followups}
+            fields["meta"] = {**fields["meta"], "followups": followups}
         # Signed as it is made: one new record, where changing then signing makes two.
-        record = msg.sign_record(held.record, self.keys, **changes)
+        record = msg.signed_record(fields, self.keys)
         if log.isEnabledFor(logging.INFO):
             ms = (outcome["finished_at"] - outcome["started_at"]) * 1000
             log.info("task %s[%s] succeeded in %.1f ms", held.header.task, held.header.id, ms)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pluq import message as msg
 from pluq._json import loads
 from pluq._outcome import exception_name
-from pluq.backend import FAILURE, REVOKED, STARTED, SUCCESS, Attempt, TaskRecord
+from pluq.backend import FAILURE, REVOKED, STARTED, SUCCESS, Attempt, TaskRecord, record_fields
 from pluq.broker import Delivery, WorkerInfo
 from pluq.errors import LeaseLost, MessageError, PluqError, SignatureError
 from pluq.worker.child import run_job
@@ -78,13 +78,46 @@ class Running:
     delivery: Delivery
     header: msg.Header
     body: bytes
-    record: TaskRecord
+    _record: TaskRecord | None
+    """Its record as this worker holds it; None for a task admitted with no record yet,
+    until something asks for `record` (see `fields`)."""
+    worker: str = ""
+    admitted: float = 0.0  # clock time: the STARTED record's started_at
     slot: Slot | None = None
     started: float | None = None  # monotonic, when it began to run (first in its slot)
     deadline: float | None = None  # monotonic hard time limit
     lost_lease: bool = False
     started_stored: bool = False
     storing: bool = False  # its outcome is on the store thread now
+
+    @property
+    def record(self) -> TaskRecord:
+        """The task's record as this worker holds it: STARTED, until its outcome."""
+        if self._record is None:
+            self._record = TaskRecord(**self.fields())
+        return self._record
+
+    @record.setter
+    def record(self, record: TaskRecord) -> None:
+        self._record = record
+
+    def fields(self) -> dict[str, Any]:
+        """`record._fields()`, without building the record when it is not built yet: a
+        success, the usual outcome, is made straight from these, and a fresh task's
+        STARTED record is then never built."""
+        if self._record is not None:
+            return self._record._fields()
+        header = self.header
+        return record_fields(
+            id=header.id,
+            state=STARTED,
+            task=header.task,
+            queue=header.queue,
+            retries=header.retries,
+            worker=self.worker,
+            created_at=header.created,
+            started_at=self.admitted,
+        )
 
 
 @dataclass(slots=True)
@@ -469,15 +502,15 @@ class Supervisor(Outcomes):
             return
         if header.expires is not None and now > header.expires:
             reason = f"expired at {time.ctime(header.expires)} before it could start"
-            record = self._base(header, existing).evolve(
+            revoked = self._base(header, existing).evolve(
                 state=REVOKED,
                 exc_type="pluq.errors.TaskRevokedError",
                 exc_message=f"task {header.id} {reason}",
                 finished_at=now,
             )
             self._store_then(
-                Running(delivery, header, body, record),
-                record,
+                Running(delivery, header, body, revoked),
+                revoked,
                 lambda: self.broker.dead_letter(delivery, reason=reason),
             )
             return
@@ -518,24 +551,14 @@ class Supervisor(Outcomes):
                 None,
             )
             return
-        if existing is None:  # the common case: one record, built once
-            record = TaskRecord(
-                id=header.id,
-                state=STARTED,
-                task=header.task,
-                queue=header.queue,
-                retries=header.retries,
-                worker=self.name,
-                created_at=header.created,
-                started_at=now,
-                history=tuple(history),
-            )
-        else:
+        # A fresh task's STARTED record is built only if something needs it (`Running`).
+        held = Running(delivery, header, body, None, worker=self.name, admitted=now)
+        if existing is not None:
             base = self._base(header, existing)
             if "chord_message" in base.meta:
                 meta = {k: v for k, v in base.meta.items() if k != "chord_message"}
                 base = base.evolve(meta=meta)
-            record = base.evolve(
+            held.record = base.evolve(
                 state=STARTED,
                 retries=header.retries,
                 worker=self.name,
@@ -543,7 +566,8 @@ class Supervisor(Outcomes):
                 finished_at=None,
                 history=tuple(history),
             )
-        held = Running(delivery, header, body, record)
+        elif history:  # deliveries lost before this one, and no record of its own
+            held.record = held.record.evolve(history=tuple(history))
         self.held[delivery.id] = held
         self.waiting.append(held)
         log.info("task %s[%s] received (attempt %d)", header.task, header.id, delivery.attempt)
