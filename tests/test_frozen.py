@@ -1,5 +1,6 @@
-"""`pluq._frozen.maker`: a frozen dataclass built through its slots equals one built by
-its __init__, and the hot paths that use it keep their refusals."""
+"""The worker's shortcuts in building records and headers: `pluq._frozen.maker` builds
+what __init__ builds, the hot paths that use it keep their refusals, and a fresh task's
+STARTED record made from its header's fields is the record built the long way."""
 
 from __future__ import annotations
 
@@ -66,3 +67,26 @@ def test_signing_with_a_field_the_record_lacks_is_refused() -> None:
     record = TaskRecord(id="a")
     with pytest.raises(TypeError, match="no field"):
         msg.sign_record(record, [b"k"], state=SUCCESS, colour="red")
+
+
+def test_a_fresh_tasks_started_record_is_the_one_built_from_its_header() -> None:
+    from pluq.backend import STARTED, Attempt
+    from pluq.broker import Delivery
+    from pluq.worker.supervisor import Running
+
+    header = msg.Header(id="t1", task="m.add", queue="q", serializer="json", retries=2, created=5.0)
+    delivery = Delivery(
+        id="t1", queue="q", message=b"", attempt=3, lease_id="l", lease_deadline=9.0
+    )
+    held = Running(delivery, header, b"", None, worker="w1", admitted=7.0)
+    expected = TaskRecord(
+        id="t1", state=STARTED, task="m.add", queue="q", retries=2, worker="w1",
+        created_at=5.0, started_at=7.0,
+    )  # fmt: skip
+    fields = held.fields()
+    assert list(fields) == list(expected._fields())  # declaration order: what is signed
+    assert fields == expected._fields()
+    assert held.record == expected  # built on first use, then kept
+    assert held.record is held.record
+    held.record = expected.evolve(history=(Attempt(number=1, state="LOST"),))
+    assert held.fields()["history"] == (Attempt(number=1, state="LOST"),)
