@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from pluq import message as msg
-from pluq._frozen import maker
-from pluq.backend import SUCCESS, TaskRecord
+from pluq._frozen import maker, positional
+from pluq.backend import SUCCESS, Attempt, TaskRecord
+from pluq.task import Request
+from pluq.worker.child import _make_request
+from pluq.worker.outcomes import _make_attempt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +37,26 @@ def test_a_missing_field_is_a_key_error() -> None:
         maker(Point)({"x": 1, "y": 2})
 
 
+def test_positional_makes_what_init_makes_from_values_in_declaration_order() -> None:
+    made = positional(Point)(1, 2, {"a": "b"})
+    assert made == Point(x=1, y=2, tags={"a": "b"})
+    for values in ((1, 2), (1, 2, {}, 4)):
+        with pytest.raises(ValueError):
+            positional(Point)(*values)
+
+
+def test_the_hot_paths_positional_calls_match_their_classes() -> None:
+    # Positional calls break silently if a class's fields are reordered: pin each one.
+    assert _make_attempt(3, SUCCESS, None, None, None, 1.0, 2.0, "w") == Attempt(
+        number=3, state=SUCCESS, started_at=1.0, finished_at=2.0, worker="w"
+    )
+    made = _make_request("id", "t", "q", 1, 3, 2, 5.0, 6.0, (1,), {"k": 2}, "h", False)
+    assert made == Request(
+        id="id", task="t", queue="q", retries=1, max_retries=3, attempt=2, eta=5.0,
+        expires=6.0, args=(1,), kwargs={"k": 2}, hostname="h", called_directly=False,
+    )  # fmt: skip
+
+
 def test_only_frozen_slotted_dataclasses_without_hooks_are_taken() -> None:
     @dataclass(frozen=True)
     class NoSlots:
@@ -51,8 +74,9 @@ def test_only_frozen_slotted_dataclasses_without_hooks_are_taken() -> None:
         x: int
 
     for cls in (NoSlots, Hooked, Mutable):
-        with pytest.raises(TypeError, match="frozen, slotted dataclass"):
-            maker(cls)
+        for make in (maker, positional):
+            with pytest.raises(TypeError, match="frozen, slotted dataclass"):
+                make(cls)
 
 
 def test_a_short_header_gets_the_defaults_and_a_meta_dict_of_its_own() -> None:
@@ -70,7 +94,7 @@ def test_signing_with_a_field_the_record_lacks_is_refused() -> None:
 
 
 def test_a_fresh_tasks_started_record_is_the_one_built_from_its_header() -> None:
-    from pluq.backend import STARTED, Attempt
+    from pluq.backend import STARTED
     from pluq.broker import Delivery
     from pluq.worker.supervisor import Running
 

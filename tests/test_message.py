@@ -92,6 +92,23 @@ def test_malformed_bytes_raise_message_error_naming_the_problem(data: bytes, pro
         msg.decode(data)
 
 
+def test_a_shape_that_passed_once_is_still_checked_for_its_version() -> None:
+    # decode remembers the key order and value types of headers that passed its checks;
+    # the version's value is not part of that, and is checked every time.
+    good = b'{"v":1,"id":"x","task":"t","queue":"q","serializer":"json","retries":2}\n'
+    assert msg.decode(good)[0].retries == 2
+    assert msg.decode(good)[0].retries == 2  # the remembered shape
+    with pytest.raises(pluq.MessageError, match="newer pluq"):
+        msg.decode(good.replace(b'"v":1', b'"v":2'))
+    # The same keys with a value of another type is another shape: checked in full.
+    with pytest.raises(pluq.MessageError, match="'retries' has a bad value"):
+        msg.decode(good.replace(b'"retries":2', b'"retries":2.5'))
+    # A newer version is named before fields this pluq does not know (it may add some).
+    newer = b'{"v":2,"id":"x","task":"t","queue":"q","serializer":"json","later":1}\n'
+    with pytest.raises(pluq.MessageError, match="newer pluq"):
+        msg.decode(newer)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzzed_bytes_decode_or_raise_message_error_only(data: bytes) -> None:

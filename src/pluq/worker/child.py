@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Final
 
+from pluq._frozen import positional
 from pluq._json import compact_encoder, loads
 from pluq._outcome import decode_value, encode_exception, encode_value, exception_name
 from pluq.canvas import build_next
@@ -52,6 +53,7 @@ _SHORT_FRAME: Final = struct.Struct("!i")  # multiprocessing.connection's framin
 _LONG_FRAME: Final = struct.Struct("!Q")  # after a -1, for a message of 2 GiB or more
 _READ_SIZE: Final = 1 << 16
 _json: Final = compact_encoder()
+_make_request: Final = positional(Request)
 
 
 def frame(data: bytes) -> bytes:
@@ -230,19 +232,19 @@ def run_job(job: dict[str, Any], body: bytes, resolve: Resolver) -> dict[str, An
         return _failure(problem, started, serializer_name)
 
     retries = int(job.get("retries", 0))
-    request = Request(
-        id=job["id"],
-        task=job["task"],
-        queue=job.get("queue"),
-        retries=retries,
-        max_retries=job.get("max_retries"),
-        attempt=int(job.get("attempt", 1)),
-        eta=job.get("eta"),
-        expires=job.get("expires"),
-        args=args,
-        kwargs=kwargs,
-        hostname=job.get("hostname"),
-        called_directly=False,
+    request = _make_request(
+        job["id"],
+        job["task"],
+        job.get("queue"),
+        retries,
+        job.get("max_retries"),
+        int(job.get("attempt", 1)),
+        job.get("eta"),
+        job.get("expires"),
+        args,
+        kwargs,
+        job.get("hostname"),
+        False,  # called_directly
     )
     token = _request.set(request)
     try:

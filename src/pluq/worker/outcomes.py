@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pluq import message as msg
+from pluq._frozen import positional
 from pluq.backend import FAILURE, RETRY, SUCCESS, Attempt, TaskRecord
 from pluq.broker import Delivery
 from pluq.errors import LeaseLost, PluqError
@@ -40,6 +41,7 @@ __all__ = ["ACK", "Outcomes", "Stored", "Unstored"]
 log = logging.getLogger("pluq.worker")
 
 ACK: Callable[[], None] = lambda: None  # noqa: E731 - a marker: "ack it, in the batch"
+_make_attempt: Final = positional(Attempt)
 
 
 @dataclass(slots=True)
@@ -83,6 +85,8 @@ class Outcomes:
     """Stores and settles batches off the loop (None: the loop does it itself)."""
     _storing: tuple[list[Stored], Future[None]] | None
     """The batch on the store thread now, if any."""
+    _task_log: bool
+    """Whether the INFO lines of each task are wanted (the supervisor asks once a pass)."""
 
     def wake(self) -> None:
         raise NotImplementedError
@@ -119,6 +123,11 @@ class Outcomes:
         # Made from the fields, not from `held.record`: for a fresh task, no STARTED
         # record is built at all.
         fields = held.fields()
+        started, finished = outcome["started_at"], outcome["finished_at"]
+        # number, state, exc_type, exc_message, traceback, started_at, finished_at, worker
+        attempt = _make_attempt(
+            held.delivery.attempt, SUCCESS, None, None, None, started, finished, self.name
+        )
         fields.update(
             state=SUCCESS,
             result=outcome["result"],
@@ -127,17 +136,17 @@ class Outcomes:
             exc_type=None,
             exc_message=None,
             traceback=None,
-            started_at=outcome["started_at"],
-            finished_at=outcome["finished_at"],
-            history=(*fields["history"], self._attempt(held, SUCCESS, outcome)),
+            started_at=started,
+            finished_at=finished,
+            history=(*fields["history"], attempt),
         )
         followups = outcome.get("publish") or []
         if followups:  # kept with the result, so a redelivery can publish them again
             fields["meta"] = {**fields["meta"], "followups": followups}
         # Signed as it is made: one new record, where changing then signing makes two.
         record = msg.signed_record(fields, self.keys)
-        if log.isEnabledFor(logging.INFO):
-            ms = (outcome["finished_at"] - outcome["started_at"]) * 1000
+        if self._task_log:
+            ms = (finished - started) * 1000
             log.info("task %s[%s] succeeded in %.1f ms", held.header.task, held.header.id, ms)
         self._stores.append(Stored(held, record, ACK, followups, signed=True))
 
@@ -246,8 +255,11 @@ class Outcomes:
             return
         batch, self._stores = self._stores, []
         fresh: list[Stored] = []
+        soon = self.clock() + self.lease / 3  # a lease ending before then is asked about
         for item in batch:
-            if not self._lease_holds(item.held):
+            held = item.held
+            doubtful = held.lost_lease or held.delivery.lease_deadline < soon
+            if doubtful and not self._lease_holds(held):
                 log.warning(
                     "lease of %s was lost before its outcome was stored; dropping it",
                     item.held.delivery.id,
@@ -306,8 +318,9 @@ class Outcomes:
             log.exception("could not settle %d stored outcome(s)", len(items))
 
     def _stored(self, items: list[Stored]) -> None:
+        forget = self.held.pop  # as `_drop`, for each
         for item in items:
-            self._drop(item.held)
+            forget(item.held.delivery.id, None)
 
     def _unstored(self, items: list[Stored], exc: BaseException) -> None:
         others = f" and {len(items) - 1} more" if len(items) > 1 else ""

@@ -194,6 +194,7 @@ class Supervisor(Outcomes):
         self._next_revoke_check = 0.0
         self._demand = threading.Event()  # set when the fetch thread may have work
         self._stopping = False
+        self._task_log = True  # a line per task received, started, succeeded (INFO)
 
     # -- control (called from signal handlers or other threads) ------------------------
 
@@ -298,10 +299,6 @@ class Supervisor(Outcomes):
             return 1
         return max(2, min(MAX_DEPTH, int(AHEAD / max(mean, 1e-6))))
 
-    def _is_short(self, task: str) -> bool:
-        mean = self.durations.get(task)
-        return self.adaptive and mean is not None and mean < SHORT_TASK
-
     def _report(self, slot: Slot, outcome: dict[str, Any]) -> None:
         """A thread slot's outcome (called from its thread)."""
         self.reports.append((slot, outcome))
@@ -342,6 +339,7 @@ class Supervisor(Outcomes):
             ready.set()
         try:
             while not self.hard_stop.is_set():
+                self._task_log = log.isEnabledFor(logging.INFO)  # once a pass, not a task
                 self._take_stored()
                 self._take_inbox()
                 self._dispatch()
@@ -525,9 +523,9 @@ class Supervisor(Outcomes):
             )
             return
         history = list(existing.history) if existing is not None else []
-        seen_numbers = {a.number for a in history}
         lost_now = max(0, delivery.attempt - 1 - header.seen)
-        for number in range(header.seen + 1, delivery.attempt):
+        seen_numbers = {a.number for a in history} if lost_now else set()
+        for number in range(header.seen + 1, delivery.attempt):  # empty unless lost_now
             if number not in seen_numbers:
                 history.append(
                     Attempt(
@@ -570,7 +568,8 @@ class Supervisor(Outcomes):
             held.record = held.record.evolve(history=tuple(history))
         self.held[delivery.id] = held
         self.waiting.append(held)
-        log.info("task %s[%s] received (attempt %d)", header.task, header.id, delivery.attempt)
+        if self._task_log:
+            log.info("task %s[%s] received (attempt %d)", header.task, header.id, delivery.attempt)
         if lost_now:
             held.header = header.evolve(lost=lost, seen=delivery.attempt - 1)
 
@@ -617,16 +616,20 @@ class Supervisor(Outcomes):
                 self._start(slot, self.waiting.popleft())
         if self.waiting and self.adaptive:
             # Only behind short jobs (the first decides: later ones are all short).
+            durations, waiting = self.durations, self.waiting
             depths = {
-                s: self._depth(self.durations.get(s.jobs[0].header.task))
-                for s in self.slots
-                if s.jobs
+                s: self._depth(durations.get(s.jobs[0].header.task)) for s in self.slots if s.jobs
             }
-            open_slots = [s for s, depth in depths.items() if len(s.jobs) < depth]
-            while open_slots and self.waiting and self._is_short(self.waiting[0].header.task):
-                slot = min(open_slots, key=lambda s: len(s.jobs))
-                self._start(slot, self.waiting.popleft())
-                if not slot.jobs or len(slot.jobs) >= depths[slot]:
+            held = {s: len(s.jobs) for s in depths}
+            open_slots = [s for s, depth in depths.items() if held[s] < depth]
+            while open_slots and waiting:
+                mean = durations.get(waiting[0].header.task)
+                if mean is None or mean >= SHORT_TASK:
+                    break
+                slot = min(open_slots, key=held.__getitem__)  # the one holding fewest
+                self._start(slot, waiting.popleft())
+                held[slot] = len(slot.jobs)
+                if not held[slot] or held[slot] >= depths[slot]:
                     open_slots.remove(slot)
         for slot in self.slots:
             try:
@@ -661,7 +664,8 @@ class Supervisor(Outcomes):
         slot.jobs.append(held)
         if len(slot.jobs) == 1:
             self._began(held)
-        log.info("task %s[%s] started", header.task, header.id)
+        if self._task_log:
+            log.info("task %s[%s] started", header.task, header.id)
         if isinstance(slot, SoloSlot):
             self._store_started([held])  # the solo slot blocks this loop: say so first
             outcome = run_job(job, held.body, slot.resolve)
