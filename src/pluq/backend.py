@@ -23,6 +23,7 @@ from typing import Any, Final, Self
 
 from pluq._frozen import maker
 from pluq._json import compact_encoder
+from pluq._record_json import FirstAttemptJson
 from pluq.broker import Capabilities, Clock
 from pluq.errors import SerializationError
 
@@ -229,9 +230,11 @@ class TaskRecord(_StoredText):
         if not _FIELD_SET.issuperset(fields):  # as TaskRecord(**fields) would refuse it
             raise TypeError(f"TaskRecord has no field {sorted(fields.keys() - _FIELD_SET)}")
         # As `_signing_text` encodes it: `to_dict`'s form, in declaration order.
-        data = dict(fields, history=[attempt.to_dict() for attempt in fields["history"]])
-        del data["signature"]
-        text = _encode_record(_signed_json, data, fields["id"])
+        text = _first_attempt_json(fields)  # the usual record, from a template
+        if text is None:
+            data = dict(fields, history=[attempt.to_dict() for attempt in fields["history"]])
+            del data["signature"]
+            text = _encode_record(_signed_json, data, fields["id"])
         fields["signature"] = signature = sign(text.encode())
         record = _make_record(fields)
         # The text is a JSON object holding at least "id": cut its final "}".
@@ -278,6 +281,7 @@ _stored_json: Final = compact_encoder(ensure_ascii=False)
 # Not sorted: a task's result is a dict whose order its caller sees, and a JSON round trip
 # keeps every dict's order, so re-encoding a parsed record gives back the bytes it signed.
 _signed_json: Final = compact_encoder()
+_first_attempt_json: Final = FirstAttemptJson(_signed_json)
 _sorted_json: Final = compact_encoder(sort_keys=True)
 """How earlier pluq versions encoded what they signed: their records still verify."""
 _MAX_FLOAT: Final = sys.float_info.max
