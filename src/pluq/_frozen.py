@@ -3,10 +3,10 @@
 A frozen dataclass's `__init__` sets each field through `object.__setattr__(self, name,
 value)`, a lookup of the name on the class and a call for every field: most of the cost
 of a Header or a TaskRecord made for every task. `maker` and `positional` set the fields
-through their slots directly, about twice as fast, for callers that hold a value for every field
-already: as a mapping (`maker`: a record's fields with some changed, a parsed header with
-its defaults), or one by one (`positional`: an attempt, a task's request).
-No `__init__` runs, so it is for classes whose `__init__` does nothing but set fields.
+through their slots directly, about twice as fast, for callers that hold a value for
+every field already: as a mapping (`maker`: a record's fields with some changed, a parsed
+header with its defaults), or one by one (`positional`: an attempt, a task's request).
+No `__init__` runs, so they are for classes whose `__init__` does nothing but set fields.
 """
 
 from __future__ import annotations
