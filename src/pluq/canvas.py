@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +99,7 @@ class Signature:
     def freeze(self) -> str:
         """Fix the id this signature will run under (set once); returns it."""
         if "task_id" not in self.options:
-            self.options["task_id"] = uuid.uuid4().hex
+            self.options["task_id"] = msg._new_id()
         return str(self.options["task_id"])
 
     @property
@@ -249,7 +248,7 @@ class GroupResult:
     def __init__(self, ids: list[str], *, app: App, id: str | None = None) -> None:
         from pluq.result import AsyncResult
 
-        self.id = id or uuid.uuid4().hex
+        self.id = id or msg._new_id()
         self.app = app
         self.results: list[AsyncResult[Any]] = [AsyncResult(i, app=app) for i in ids]
 

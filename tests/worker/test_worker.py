@@ -48,6 +48,27 @@ def test_the_main_loop_wakes_on_its_wake_up_pipe(wapp: pluq.App, pool: str) -> N
     supervisor._close()
 
 
+def test_a_threads_worker_starts_without_the_imports_only_processes_need() -> None:
+    # multiprocessing and socket were half of a threads worker's start-up imports (about
+    # 20 ms), inside every in-process drain's timing.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pluq\n"
+        "app = pluq.App('memory://startup', secret='s')\n"
+        "double = app.task(lambda x: 2 * x, name='double')\n"
+        "result = double.delay(21)\n"
+        "with app.worker(concurrency=2, pool='threads'):\n"
+        "    assert result.get(timeout=30) == 42\n"
+        "print(sorted({'multiprocessing', 'socket'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["[]"]
+
+
 def test_a_slot_holds_about_twenty_milliseconds_of_short_jobs(wapp: pluq.App) -> None:
     from pluq.worker.supervisor import AHEAD, MAX_DEPTH, SHORT_TASK
 

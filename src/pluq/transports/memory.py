@@ -56,7 +56,6 @@ import itertools
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -271,7 +270,7 @@ class MemoryBroker(Broker):
                     continue
                 msg.place = _LEASED
                 msg.attempt += 1
-                base = base or uuid.uuid4().hex
+                base = base or os.urandom(16).hex()
                 msg.lease_id = f"{base}.{len(taken) + 1}"
                 msg.lease_deadline = now + lease
                 msg.seq = next(self._state.seq)

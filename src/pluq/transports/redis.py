@@ -92,7 +92,6 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, ClassVar, Final, NoReturn
@@ -439,7 +438,8 @@ class RedisBroker(Broker):
                         self._conn.command("BLPOP", *signals, f"{max(wait, 0.001):.3f}")
                     continue
                 reply = self._conn.run(
-                    "reserve", [self._prefix, now, now + lease, limit, uuid.uuid4().hex, *queues]
+                    "reserve",
+                    [self._prefix, now, now + lease, limit, os.urandom(16).hex(), *queues],
                 )
                 if len(reply) > 1:
                     if reply[0] is not None:

@@ -18,7 +18,6 @@ import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Final
 
 from pluq._frozen import positional
@@ -30,6 +29,8 @@ from pluq.serializers import get_serializer
 from pluq.task import Request, _request
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from pluq.app import App
     from pluq.task import Task
 

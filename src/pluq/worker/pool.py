@@ -15,7 +15,6 @@ writes), and one read takes every outcome that has arrived (`receive`). The chil
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
 import signal
@@ -25,8 +24,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pluq.errors import ConfigurationError
 from pluq.worker import POOLS
@@ -42,6 +40,11 @@ from pluq.worker.child import (
     write_all,
 )
 
+# multiprocessing is imported where a processes pool needs it, not here: a threads or solo
+# pool never does, and it is a third of a worker's start-up imports.
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
 __all__ = ["POOLS", "Slot", "default_start_method", "make_pool"]
 
 
@@ -51,6 +54,8 @@ def default_start_method() -> str:
     Plain fork copies a multi-threaded process (the supervisor has a fetch thread, a test
     or a notebook has its own), which can deadlock a child on a lock held at fork time.
     """
+    import multiprocessing
+
     methods = multiprocessing.get_all_start_methods()
     if sys.platform.startswith("linux") and "forkserver" in methods:
         return "forkserver"
@@ -65,6 +70,8 @@ def _fork_while_alone() -> Any:
     with no server process in between. Children started later (a replacement, or a
     worker inside a threaded program) use the default method.
     """
+    import multiprocessing
+
     if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")
     return None
@@ -176,7 +183,7 @@ class ProcessSlot(Slot):
         if self.fork_ctx is not None and threading.active_count() == 1:
             ctx = self.fork_ctx
         method = ctx.get_start_method()
-        parent, child = multiprocessing.Pipe(duplex=True)
+        parent, child = ctx.Pipe(duplex=True)
         # A forked child inherits the supervisor's ends of every pipe, its own included;
         # it closes them, so that it sees EOF (and exits) when the supervisor goes away.
         inherited = (parent.fileno(), *self.siblings()) if method == "fork" else ()
@@ -287,6 +294,8 @@ def make_pool(
 ) -> list[Slot]:
     """Create (not start) the slots of a pool."""
     if pool == "processes":
+        import multiprocessing
+
         method = start_method or default_start_method()
         fork_ctx = _fork_while_alone() if start_method is None else None
         if method not in multiprocessing.get_all_start_methods():
