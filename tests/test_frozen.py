@@ -12,6 +12,7 @@ import pytest
 from pluq import message as msg
 from pluq._frozen import maker, positional
 from pluq.backend import SUCCESS, Attempt, TaskRecord
+from pluq.broker import Delivery, make_delivery
 from pluq.task import Request
 from pluq.worker.child import _make_request
 from pluq.worker.outcomes import _make_attempt
@@ -25,24 +26,38 @@ class Point:
 
 
 def test_a_made_object_equals_the_one_init_makes_and_stays_frozen() -> None:
-    made = maker(Point)({"x": 1, "y": 2, "tags": {"a": "b"}, "ignored": 3})
+    made = maker(Point)({"x": 1, "y": 2, "tags": {"a": "b"}})
     assert made == Point(x=1, y=2, tags={"a": "b"})
     assert type(made) is Point
+    assert repr(made) == repr(Point(x=1, y=2, tags={"a": "b"}))
     with pytest.raises(AttributeError):
         made.x = 5  # type: ignore[misc]
 
 
-def test_a_missing_field_is_a_key_error() -> None:
+def test_a_missing_field_is_a_key_error_and_more_keys_are_ignored() -> None:
     with pytest.raises(KeyError, match="tags"):
         maker(Point)({"x": 1, "y": 2})
+    assert maker(Point)({"x": 1, "y": 2, "tags": {}, "colour": "red"}) == Point(x=1, y=2)
 
 
 def test_positional_makes_what_init_makes_from_values_in_declaration_order() -> None:
     made = positional(Point)(1, 2, {"a": "b"})
     assert made == Point(x=1, y=2, tags={"a": "b"})
+    assert type(made) is Point
     for values in ((1, 2), (1, 2, {}, 4)):
-        with pytest.raises(ValueError):
+        with pytest.raises(TypeError):
             positional(Point)(*values)
+
+
+def test_a_made_object_keeps_its_class_s_extra_slots_and_pickles() -> None:
+    import pickle
+
+    made = msg._make_header({**msg._DEFAULTS, "id": "a", "task": "t", "queue": "q",
+                             "serializer": "json", "meta": {}})  # fmt: skip
+    assert made == msg.Header(id="a", task="t", queue="q", serializer="json")
+    object.__setattr__(made, "_line", b"{}")  # the slot of its base: still there
+    assert made._line == b"{}"
+    assert pickle.loads(pickle.dumps(made)) == made
 
 
 def test_the_hot_paths_positional_calls_match_their_classes() -> None:
@@ -55,6 +70,9 @@ def test_the_hot_paths_positional_calls_match_their_classes() -> None:
         id="id", task="t", queue="q", retries=1, max_retries=3, attempt=2, eta=5.0,
         expires=6.0, args=(1,), kwargs={"k": 2}, hostname="h", called_directly=False,
     )  # fmt: skip
+    assert make_delivery("i", "q", b"m", 2, "l", 9.0) == Delivery(
+        id="i", queue="q", message=b"m", attempt=2, lease_id="l", lease_deadline=9.0
+    )
 
 
 def test_only_frozen_slotted_dataclasses_without_hooks_are_taken() -> None:
@@ -95,7 +113,6 @@ def test_signing_with_a_field_the_record_lacks_is_refused() -> None:
 
 def test_a_fresh_tasks_started_record_is_the_one_built_from_its_header() -> None:
     from pluq.backend import STARTED
-    from pluq.broker import Delivery
     from pluq.worker.supervisor import Running
 
     header = msg.Header(id="t1", task="m.add", queue="q", serializer="json", retries=2, created=5.0)
@@ -114,3 +131,14 @@ def test_a_fresh_tasks_started_record_is_the_one_built_from_its_header() -> None
     assert held.record is held.record
     held.record = expected.evolve(history=(Attempt(number=1, state="LOST"),))
     assert held.fields()["history"] == (Attempt(number=1, state="LOST"),)
+
+
+def test_a_class_of_one_field_is_made_too() -> None:
+    @dataclass(frozen=True, slots=True)
+    class One:
+        x: int
+
+    assert maker(One)({"x": 1, "y": 2}) == One(1)
+    assert positional(One)(1) == One(1)
+    with pytest.raises(KeyError, match="x"):
+        maker(One)({})

@@ -19,8 +19,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self
 
+from pluq._frozen import positional
 from pluq.errors import LeaseLost
 
 __all__ = [
@@ -71,6 +72,12 @@ class Delivery:
     """A new random token for each reservation."""
     lease_deadline: float
     """Absolute clock time at which the lease expires unless extended."""
+
+
+make_delivery: Final = positional(Delivery)
+"""`Delivery(...)` from its six values in declaration order (id, queue, message, attempt,
+lease_id, lease_deadline), at about a third of the cost of the keyword call: for a
+transport's `reserve`, which makes one for every message it hands out."""
 
 
 class Outgoing(NamedTuple):

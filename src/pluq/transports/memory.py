@@ -73,6 +73,7 @@ from pluq.broker import (
     Outgoing,
     QueueCounts,
     WorkerInfo,
+    make_delivery,
 )
 from pluq.errors import ConfigurationError, LeaseLost
 from pluq.registry import URL
@@ -276,13 +277,8 @@ class MemoryBroker(Broker):
                 msg.seq = next(self._state.seq)
                 heapq.heappush(queue.leases, (msg.lease_deadline, msg.seq, msg.id))
                 taken.append(
-                    Delivery(
-                        id=msg.id,
-                        queue=msg.queue,
-                        message=msg.body,
-                        attempt=msg.attempt,
-                        lease_id=msg.lease_id,
-                        lease_deadline=msg.lease_deadline,
+                    make_delivery(
+                        msg.id, msg.queue, msg.body, msg.attempt, msg.lease_id, msg.lease_deadline
                     )
                 )
             if len(taken) >= limit:

@@ -106,6 +106,7 @@ from pluq.broker import (
     Outgoing,
     QueueCounts,
     WorkerInfo,
+    make_delivery,
 )
 from pluq.errors import BackendUnavailable, ConfigurationError, LeaseLost, TransportError
 from pluq.registry import URL
@@ -475,13 +476,13 @@ class RedisBroker(Broker):
     @staticmethod
     def _deliveries(reply: list[Any], lease_deadline: float) -> list[Delivery]:
         return [
-            Delivery(
-                id=_text(reply[i + 1]),
-                queue=_text(reply[i]),
-                message=bytes(reply[i + 2]),
-                attempt=int(reply[i + 3]),
-                lease_id=_text(reply[i + 4]),
-                lease_deadline=lease_deadline,
+            make_delivery(
+                _text(reply[i + 1]),  # id
+                _text(reply[i]),  # queue
+                bytes(reply[i + 2]),  # message
+                int(reply[i + 3]),  # attempt
+                _text(reply[i + 4]),  # lease_id
+                lease_deadline,
             )
             for i in range(1, len(reply), 5)
         ]

@@ -107,6 +107,7 @@ from pluq.broker import (
     Outgoing,
     QueueCounts,
     WorkerInfo,
+    make_delivery,
 )
 from pluq.errors import ConfigurationError, LeaseLost, TransportError
 from pluq.registry import URL
@@ -813,14 +814,7 @@ class SqliteBroker(Broker):
             params = {"deadline": deadline, "queue": queue, "limit": limit - len(taken)}
             rows = sorted(conn.execute(sql.claim, params).fetchall())  # RETURNING is unordered
             taken.extend(
-                Delivery(
-                    id=id,
-                    queue=queue,
-                    message=bytes(message or b""),
-                    attempt=attempt,
-                    lease_id=lease_id,
-                    lease_deadline=deadline,
-                )
+                make_delivery(id, queue, bytes(message or b""), attempt, lease_id, deadline)
                 for _, id, message, attempt, lease_id in rows
             )
             if len(taken) >= limit:
