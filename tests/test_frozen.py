@@ -142,3 +142,39 @@ def test_a_class_of_one_field_is_made_too() -> None:
     assert positional(One)(1) == One(1)
     with pytest.raises(KeyError, match="x"):
         maker(One)({})
+
+
+def test_a_fresh_tasks_success_is_the_record_the_long_way_builds() -> None:
+    from pluq.broker import Delivery
+    from pluq.worker.outcomes import Outcomes
+    from pluq.worker.supervisor import Running
+
+    class Sink(Outcomes):
+        name = "w2"
+        keys = (b"k",)
+        _task_log = False
+
+        def __init__(self) -> None:
+            self._stores = []
+
+    header = msg.Header(id="t1", task="m.add", queue="q", serializer="json", retries=2, created=5.0)
+    delivery = Delivery(
+        id="t1", queue="q", message=b"", attempt=3, lease_id="l", lease_deadline=9.0
+    )
+    outcome = {
+        "status": "success", "result": [1], "result_encoding": "json", "result_repr": "[1]",
+        "started_at": 8.0, "finished_at": 9.0,
+    }  # fmt: skip
+    fresh = Running(delivery, header, b"", None, worker="w1", admitted=7.0)
+    built = Running(delivery, header, b"", None, worker="w1", admitted=7.0)
+    assert built.record is not None and fresh.fresh and not built.fresh
+    made = []
+    for held in (fresh, built):
+        sink = Sink()
+        sink._succeed(held, outcome)
+        made.append(sink._stores[0].record)
+    assert made[0] == made[1]
+    assert made[0].to_json() == made[1].to_json()  # the same signed text
+    assert made[0].history == (
+        Attempt(number=3, state=SUCCESS, started_at=8.0, finished_at=9.0, worker="w2"),
+    )

@@ -397,3 +397,14 @@ def test_a_header_over_the_limit_says_so() -> None:
     data = b'{"v":1,"meta":"' + b"x" * (1 << 20) + b'"}\n' + b"body"
     with pytest.raises(pluq.MessageError, match="longer than 1 MiB"):
         msg.decode(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.binary(min_size=0, max_size=200),  # shorter, as long as, longer than a block
+    parts=st.lists(st.binary(max_size=300), max_size=4),
+)
+def test_the_mac_is_hmac_sha256_of_the_joined_parts(key: bytes, parts: list[bytes]) -> None:
+    expected = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest()
+    assert msg._mac(key, *parts) == expected
+    assert msg._mac(key, *parts) == expected  # the cached pads are copied, not used up

@@ -120,26 +120,49 @@ class Outcomes:
         )
 
     def _succeed(self, held: Running, outcome: dict[str, Any]) -> None:
-        # Made from the fields, not from `held.record`: for a fresh task, no STARTED
-        # record is built at all.
-        fields = held.fields()
+        header = held.header
         started, finished = outcome["started_at"], outcome["finished_at"]
         # number, state, exc_type, exc_message, traceback, started_at, finished_at, worker
         attempt = _make_attempt(
             held.delivery.attempt, SUCCESS, None, None, None, started, finished, self.name
         )
-        fields.update(
-            state=SUCCESS,
-            result=outcome["result"],
-            result_encoding=outcome["result_encoding"],
-            result_repr=outcome.get("result_repr"),
-            exc_type=None,
-            exc_message=None,
-            traceback=None,
-            started_at=started,
-            finished_at=finished,
-            history=(*fields["history"], attempt),
-        )
+        if held.fresh:
+            # The usual case, in one dict: `held.fields()` (no record built) changed as the
+            # `else` branch changes it. Declaration order: it is what gets signed.
+            fields = {
+                "id": header.id,
+                "state": SUCCESS,
+                "task": header.task,
+                "queue": header.queue,
+                "result": outcome["result"],
+                "result_encoding": outcome["result_encoding"],
+                "result_repr": outcome.get("result_repr"),
+                "exc_type": None,
+                "exc_message": None,
+                "traceback": None,
+                "retries": header.retries,
+                "history": (attempt,),
+                "worker": held.worker,
+                "created_at": header.created,
+                "started_at": started,
+                "finished_at": finished,
+                "meta": {},
+                "signature": None,
+            }
+        else:
+            fields = held.fields()
+            fields.update(
+                state=SUCCESS,
+                result=outcome["result"],
+                result_encoding=outcome["result_encoding"],
+                result_repr=outcome.get("result_repr"),
+                exc_type=None,
+                exc_message=None,
+                traceback=None,
+                started_at=started,
+                finished_at=finished,
+                history=(*fields["history"], attempt),
+            )
         followups = outcome.get("publish") or []
         if followups:  # kept with the result, so a redelivery can publish them again
             fields["meta"] = {**fields["meta"], "followups": followups}

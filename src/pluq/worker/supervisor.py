@@ -100,6 +100,12 @@ class Running:
     def record(self, record: TaskRecord) -> None:
         self._record = record
 
+    @property
+    def fresh(self) -> bool:
+        """No record is built yet: a first delivery with nothing stored before it, whose
+        record is all in its header (see `fields`)."""
+        return self._record is None
+
     def fields(self) -> dict[str, Any]:
         """`record._fields()`, without building the record when it is not built yet: a
         success, the usual outcome, is made straight from these, and a fresh task's
