@@ -107,9 +107,10 @@ class Running:
         return self._record is None
 
     def fields(self) -> dict[str, Any]:
-        """`record._fields()`, without building the record when it is not built yet: a
-        success, the usual outcome, is made straight from these, and a fresh task's
-        STARTED record is then never built."""
+        """`record._fields()`, without building the record when it is not built yet, so
+        that a fresh task's STARTED record is built only if something asks for it. A
+        fresh task's success writes these same fields, changed, as one dict of its own
+        (`Outcomes._succeed`); a test holds the two to each other."""
         if self._record is not None:
             return self._record._fields()
         header = self.header
