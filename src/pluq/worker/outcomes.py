@@ -95,9 +95,10 @@ class Outcomes:
         """True while the loop has jobs to hand out or outcomes to wait for."""
         return False
 
-    def _reclaim(self, held: Running) -> bool:
+    def _reclaim(self, held: Running, *, wait: bool = False) -> bool | None:
         """True when the message whose lease `held` lost was reserved again by this very
-        worker (it is in the fetch thread's hands): `held` takes over that delivery."""
+        worker (it is in the fetch thread's hands): `held` takes over that delivery. With
+        `wait`, None while a reserve that may hold it is still on its way."""
         return False
 
     def _drop(self, held: Running) -> None:
@@ -248,16 +249,20 @@ class Outcomes:
 
     # -- storing, then settling --------------------------------------------------------
 
-    def _lease_holds(self, held: Running) -> bool:
+    def _lease_holds(self, held: Running, *, wait: bool = False) -> bool | None:
         """False when another worker holds the message now, so that this one must not
         write its record. Renewals keep a live worker's lease well ahead; one close to its
         end (or past it) means this worker was stopped (SIGSTOP, a long pause): it asks
-        the broker before writing anything."""
+        the broker before writing anything. With `wait`, None while this worker's own
+        reserve may be bringing the message back (`_reclaim`)."""
         if held.lost_lease or held.delivery.lease_deadline - self.clock() < self.lease / 3:
             try:
                 held.delivery = self.broker.extend(held.delivery, lease=self.lease)
             except LeaseLost:
-                if self._reclaim(held):
+                back = self._reclaim(held, wait=wait)
+                if back is None:
+                    return None
+                if back:
                     return True
                 held.lost_lease = True
                 return False
@@ -281,14 +286,18 @@ class Outcomes:
         soon = self.clock() + self.lease / 3  # a lease ending before then is asked about
         for item in batch:
             held = item.held
-            doubtful = held.lost_lease or held.delivery.lease_deadline < soon
-            if doubtful and not self._lease_holds(held):
-                log.warning(
-                    "lease of %s was lost before its outcome was stored; dropping it",
-                    item.held.delivery.id,
-                )
-                self._drop(item.held)
-                continue
+            if held.lost_lease or held.delivery.lease_deadline < soon:
+                holds = self._lease_holds(held, wait=True)
+                if holds is None:  # the fetch thread wakes the loop when it lands
+                    self._stores.append(item)
+                    continue
+                if not holds:
+                    log.warning(
+                        "lease of %s was lost before its outcome was stored; dropping it",
+                        held.delivery.id,
+                    )
+                    self._drop(held)
+                    continue
             if not item.signed:
                 item.record = msg.sign_record(item.record, self.keys)
                 item.signed = True

@@ -86,6 +86,9 @@ class Running:
     started: float | None = None  # monotonic, when it began to run (first in its slot)
     deadline: float | None = None  # monotonic hard time limit
     lost_lease: bool = False
+    awaiting: int = 0
+    """The fetch thread's reserve that may hold this message again (its lease was found
+    lost while that reserve was on its way): its outcome waits for it. 0: none."""
     started_stored: bool = False
     storing: bool = False  # its outcome is on the store thread now
 
@@ -148,6 +151,11 @@ class _Shared:
     fetching: bool = True
     idle: bool = False  # the last reserve found nothing
     error: BaseException | None = None
+    reserves_begun: int = 0
+    """Reserves the fetch thread has begun; one is on its way while this is ahead of
+    `reserves_landed`. A message it claimed is in the broker's hands as this worker's,
+    but not in `inbox` yet (see `Supervisor._reclaim`)."""
+    reserves_landed: int = 0
 
 
 class Supervisor(Outcomes):
@@ -238,6 +246,8 @@ class Supervisor(Outcomes):
                 if not shared.fetching:
                     return
                 wanted = shared.wanted
+                if wanted > 0:
+                    shared.reserves_begun += 1
             if wanted <= 0:
                 # Nothing to fetch for: the main loop notifies when a slot frees.
                 self._wait_for_demand()
@@ -248,6 +258,8 @@ class Supervisor(Outcomes):
                 )
                 pause = 0.05
             except Exception as exc:  # a broker outage must not kill the worker
+                with shared.lock:
+                    shared.reserves_landed = shared.reserves_begun
                 log.warning("reserve failed (%s); retrying in %.1f s", exc, pause)
                 self.hard_stop.wait(pause)
                 pause = min(pause * 2, 5.0)
@@ -256,6 +268,7 @@ class Supervisor(Outcomes):
                 if got:
                     shared.inbox.extend(zip(got, self._records(got), strict=True))
                     shared.wanted -= len(got)
+                shared.reserves_landed = shared.reserves_begun
                 shared.idle = not got
                 keep = shared.fetching
             self.wake()
@@ -473,18 +486,9 @@ class Supervisor(Outcomes):
         self._update_demand()
 
     def _admit(self, delivery: Delivery, existing: TaskRecord | None) -> None:
-        mine = self.held.get(delivery.id)
-        if mine is not None and mine.storing:
-            self._take_stored(wait=True)  # settled by now, most likely: see what is left
-            mine = self.held.get(delivery.id)
+        mine = self._still_held(delivery)
         if mine is not None:
-            # Its lease ran out while this worker still had it (the broker was locked or
-            # unreachable, so renewals failed) and the message came back here. It is
-            # waiting, running, or its outcome waits to be stored: keep that, under the
-            # new lease, rather than run it a second time.
-            log.warning("task %s came back while this worker still had it", delivery.id)
-            mine.delivery = delivery
-            mine.lost_lease = False
+            self._take_back(mine, delivery)
             return
         now = self.clock()
         try:
@@ -881,18 +885,57 @@ class Supervisor(Outcomes):
             except Exception as exc:
                 log.warning("could not renew the lease of %s (%s)", held.delivery.id, exc)
 
-    def _reclaim(self, held: Running) -> bool:
-        with self.shared.lock:
-            for i, (delivery, _) in enumerate(self.shared.inbox):
+    def _reclaim(self, held: Running, *, wait: bool = False) -> bool | None:
+        """Take the message back from the inbox if the fetch thread reserved it again.
+
+        A message found lost was claimed before `extend` said so. The reserve that claimed
+        it may be this worker's own, still on its way to the inbox: with `wait`, that is
+        None (not yet known) while the reserve in flight then has not landed. Only that
+        reserve is waited for (`held.awaiting`), not the ones after it: the fetch thread
+        reserves again at once, and a message another worker holds would wait forever.
+        """
+        shared = self.shared
+        with shared.lock:
+            for i, (delivery, _) in enumerate(shared.inbox):
                 if delivery.id == held.delivery.id:
-                    del self.shared.inbox[i]
+                    del shared.inbox[i]
                     break
             else:
+                if not wait:
+                    return False
+                if not held.awaiting and shared.reserves_begun > shared.reserves_landed:
+                    held.awaiting = shared.reserves_begun
+                    log.warning(
+                        "lease of %s was lost; the message may be in a reserve still on "
+                        "its way here: its outcome waits for that reserve",
+                        held.delivery.id,
+                    )
+                if held.awaiting > shared.reserves_landed:
+                    return None
+                held.awaiting = 0
                 return False
+        self._take_back(held, delivery)
+        return True
+
+    def _still_held(self, delivery: Delivery) -> Running | None:
+        """The message this worker holds already under the id of a new `delivery`, if
+        any: one whose outcome is on the store thread is settled first, most likely."""
+        mine = self.held.get(delivery.id)
+        if mine is not None and mine.storing:
+            self._take_stored(wait=True)
+            mine = self.held.get(delivery.id)
+        return mine
+
+    def _take_back(self, held: Running, delivery: Delivery) -> None:
+        """`delivery` is a new lease of the message `held` holds: its lease ran out while
+        this worker still had it (the broker was locked or unreachable, or this process
+        was paused), and this worker's fetch thread reserved it again. `held` (waiting,
+        running, or its outcome waiting to be stored) goes on under the new lease rather
+        than run a second time."""
         log.warning("task %s came back while this worker still had it", delivery.id)
         held.delivery = delivery
         held.lost_lease = False
-        return True
+        held.awaiting = 0
 
     def _extend_inbox(self, delivery: Delivery) -> None:
         try:
@@ -939,7 +982,11 @@ class Supervisor(Outcomes):
             batch = list(self.shared.inbox)
             self.shared.inbox.clear()
         for delivery, _ in batch:
-            self._release_delivery(delivery)
+            mine = self._still_held(delivery)
+            if mine is not None:
+                self._take_back(mine, delivery)  # released with it, or its outcome stored
+            else:
+                self._release_delivery(delivery)
 
     def _release_waiting(self, why: str) -> None:
         while self.waiting:
