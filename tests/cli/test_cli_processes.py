@@ -26,11 +26,11 @@ def environment() -> dict[str, str]:
 
 
 @contextmanager
-def running(args: list[str], cwd: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(args: list[str], cwd: Path, log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """A pluq process with stdout and stderr in `log`; killed if the test leaves it running."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pluq", *args], cwd=cwd, env=environment(),
+            [sys.executable, "-m", "pluq", *args], cwd=cwd, env={**environment(), **env},
             stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
@@ -103,7 +103,7 @@ def test_beat_queues_periodic_ticks_and_exits_0_after_sigterm(tmp_path: Path) ->
         """,
     )
     app = pluq.App(url, serializer="json")
-    with running(["beat", "-A", name], tmp_path, tmp_path / "beat.log") as beat:
+    with running(["beat", "-A", name], tmp_path, tmp_path / "beat.log", COLUMNS="60") as beat:
         wait_until(
             lambda: app.broker.counts(["ticks"])["ticks"].ready >= 1,
             timeout=60,
@@ -112,7 +112,10 @@ def test_beat_queues_periodic_ticks_and_exits_0_after_sigterm(tmp_path: Path) ->
         beat.send_signal(signal.SIGTERM)
         assert beat.wait(60) == 0
     output = (tmp_path / "beat.log").read_text()
-    assert "pluq beat" in output and "Traceback" not in output
+    assert "Traceback" not in output
+    # and its banner is one line, however narrow the terminal and long the URL
+    banner = next(line for line in output.splitlines() if line.startswith("pluq beat"))
+    assert banner.endswith("; Ctrl-C stops"), output
     app.close()
 
 

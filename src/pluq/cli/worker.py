@@ -237,7 +237,8 @@ def beat(
 
                 console.print(
                     f"pluq beat: queueing periodic tasks on {URL.parse(app.broker_url).redacted}"
-                    f" (pid {os.getpid()}); Ctrl-C stops"
+                    f" (pid {os.getpid()}); Ctrl-C stops",
+                    soft_wrap=True,  # one line, also where stderr is not a terminal
                 )
             run(app, stop=stop)
         finally:

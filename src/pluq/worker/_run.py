@@ -522,7 +522,8 @@ def _banner_rows(app: App, app_spec: str | None, w: Worker, beat: bool) -> list[
     if app_spec:
         names = sorted(app.tasks)
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-        rows.append(("app", f"{app_spec} ({len(names)} tasks: {shown or 'none'})"))
+        tasks = f"{len(names)} task{'' if len(names) == 1 else 's'}"
+        rows.append(("app", f"{app_spec} ({tasks}: {shown or 'none'})"))
     else:
         rows.append(("app", "none (-A not given): runs tasks that travel by value only"))
     rows.append(("queues", ", ".join(w.queues)))

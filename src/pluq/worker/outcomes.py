@@ -200,7 +200,7 @@ class Outcomes:
         data = msg.encode(new_header, held.body, self.keys)
         delay = max(0.0, not_before - self.clock())
         log.warning(
-            "task %s[%s] will retry in %.1f s (retry %d): %s: %s",
+            "task %s[%s] will retry in %.2f s (retry %d): %s: %s",
             header.task, header.id, delay, retries, outcome.get("exc_type"),
             outcome.get("exc_message"),
         )  # fmt: skip
