@@ -1,9 +1,10 @@
-"""Development sessions: tests, the contract kit per transport, lint, typecheck, faults, bench.
+"""Development sessions: tests, contract kit, lint, typecheck, faults, tutorials, bench.
 
 nox -s tests                 the whole suite (what CI runs)
 nox -s contract              the transport contract kit, once per built-in transport
 nox -s lint typecheck        ruff and mypy --strict
 nox -s faults                the fault and bad-input suite alone
+nox -s tutorials             run every notebook in tutorials/ in a real kernel
 nox -s bench                 benchmarks side by side with the peers (see bench/)
 """
 
@@ -42,6 +43,12 @@ def contract(session: nox.Session, transport: str) -> None:
 def faults(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "tests/faults", *session.posargs)
+
+
+@nox.session
+def tutorials(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "tests/test_tutorials.py", *session.posargs)
 
 
 BENCH_PEERS = [
