@@ -28,7 +28,7 @@ def test_demo_runs_everything_and_shows_where_to_look(runner: CliRunner, tmp_pat
     ):
         assert step in out, step
     assert (
-        "will retry in 1.0 s" in result.stderr
+        "will retry in 1.00 s" in result.stderr
         and "failed, dead-lettered: pluq.demo.PaymentDeclined" in result.stderr
     )
     assert "Traceback" not in result.output
