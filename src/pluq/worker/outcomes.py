@@ -260,12 +260,9 @@ class Outcomes:
                 held.delivery = self.broker.extend(held.delivery, lease=self.lease)
             except LeaseLost:
                 back = self._reclaim(held, wait=wait)
-                if back is None:
-                    return None
-                if back:
-                    return True
-                held.lost_lease = True
-                return False
+                if back is False:
+                    held.lost_lease = True
+                return back
             except Exception as exc:  # the broker is down: write anyway; the ack tells
                 log.warning("could not renew the lease of %s (%s)", held.delivery.id, exc)
             else:
